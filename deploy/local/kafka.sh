@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# Run a real single-node Apache Kafka broker (KRaft, combined broker+controller)
+# from Maven Central jars, for local development, tests, demos and CI.
+#
+#   deploy/local/kafka.sh fetch|start|stop|status|restart|reset|logs [-f]
+#
+# See deploy/local/README.md for the commands, environment variables, ports
+# and file locations.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT="${KAFKA_PORT:-39092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-39093}"
+KAFKA_HEAP="${KAFKA_HEAP:--Xms256m -Xmx512m}"
+KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
+KAFKA_LOG_LEVEL="${KAFKA_LOG_LEVEL:-INFO}"
+# Any valid base64 UUID works; a fixed one keeps the dev cluster predictable.
+KAFKA_CLUSTER_ID="${KAFKA_CLUSTER_ID:-Q5tF8ZW8SRGWe_ogQrnhcw}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+POLL_INTERVAL=0.25
+
+CACHE_DIR="${ENRICH_CACHE_DIR:-$HOME/.cache/enrich-worker}/kafka-$KAFKA_VERSION"
+LIBS_DIR="$CACHE_DIR/libs"
+FETCH_MARKER="$CACHE_DIR/libs.ok"
+
+STATE_DIR="${ENRICH_STATE_DIR:-$REPO_ROOT/.run}/kafka"
+DATA_DIR="$STATE_DIR/data"
+PID_FILE="$STATE_DIR/kafka.pid"
+LOG_FILE="$STATE_DIR/broker.log"
+SERVER_PROPS="$STATE_DIR/server.properties"
+LOG4J_CONF="$STATE_DIR/log4j2.properties"
+
+POM="$SCRIPT_DIR/kafka-pom.xml"
+PROBE="$SCRIPT_DIR/kafka_ready.py"
+DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+PYTHON="${PYTHON:-python3}"
+BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
+
+say() { printf 'kafka: %s\n' "$*"; }
+die() { printf 'kafka: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    cat <<EOF
+usage: $(basename "$0") fetch|start|stop|status|restart|reset|logs [-f]
+
+  fetch    download the Kafka $KAFKA_VERSION jars with Maven (cached)
+  start    fetch + format storage if needed, start the broker, wait until ready
+  stop     stop the broker (SIGTERM, then SIGKILL after ${KAFKA_STOP_TIMEOUT}s)
+  status   exit 0 if the broker answers metadata requests, 1 otherwise
+  restart  stop + start, keeping the data
+  reset    stop + delete the data directory
+  logs     print the end of the broker log (-f to follow)
+EOF
+}
+
+java_bin() {
+    if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
+        printf '%s\n' "$JAVA_HOME/bin/java"
+    elif command -v java >/dev/null 2>&1; then
+        command -v java
+    else
+        die "java not found (Kafka $KAFKA_VERSION needs Java 17+); install a JDK or set JAVA_HOME"
+    fi
+}
+
+# Serialise commands that touch the same state or cache directory. The lock
+# fd must not leak into the broker process (see launch()).
+lock() {
+    local file=$1 fd=$2
+    command -v flock >/dev/null 2>&1 || return 0
+    mkdir -p "$(dirname "$file")"
+    eval "exec $fd>\"\$file\""
+    flock -w 300 "$fd" || die "could not lock $file within 300 s"
+}
+
+pom_digest() {
+    # The marker records what was fetched so that editing the POM refetches.
+    { printf '%s\n' "$KAFKA_VERSION"; cat "$POM"; } | sha256sum | cut -d' ' -f1
+}
+
+cmd_fetch() {
+    if [[ -f "$FETCH_MARKER" && "$(cat "$FETCH_MARKER")" == "$(pom_digest)" ]]; then
+        return 0
+    fi
+    lock "$CACHE_DIR.lock" 8
+    if [[ -f "$FETCH_MARKER" && "$(cat "$FETCH_MARKER")" == "$(pom_digest)" ]]; then
+        exec 8>&-
+        return 0
+    fi
+    command -v mvn >/dev/null 2>&1 || die "mvn not found: Maven is needed to fetch the Kafka jars"
+    say "fetching Kafka $KAFKA_VERSION jars from Maven into $LIBS_DIR"
+    local tmp="$CACHE_DIR/libs.tmp.$$" out
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! out="$(mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
+            "$DEP_PLUGIN:copy-dependencies" -DoutputDirectory="$tmp" -DincludeScope=runtime 2>&1)"; then
+        printf '%s\n' "$out" | tail -n 40 >&2
+        rm -rf "$tmp"
+        die "Maven could not resolve Kafka $KAFKA_VERSION"
+    fi
+    compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "no kafka_2.13 jar was fetched"; }
+    rm -rf "$LIBS_DIR" "$FETCH_MARKER"
+    mv "$tmp" "$LIBS_DIR"
+    pom_digest >"$FETCH_MARKER"
+    say "fetched $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars"
+    exec 8>&-
+}
+
+# Pid of our broker if it is alive, else nothing (and a non-zero status).
+# Checks the command line so that a recycled pid is not mistaken for Kafka.
+broker_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r "/proc/$pid/cmdline" ]]; then
+        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$SERVER_PROPS" || return 1
+    fi
+    printf '%s\n' "$pid"
+}
+
+is_ready() {
+    "$PYTHON" "$PROBE" -q --timeout 2 "$BOOTSTRAP"
+}
+
+write_config() {
+    mkdir -p "$STATE_DIR" "$DATA_DIR"
+    cat >"$SERVER_PROPS" <<EOF
+# Generated by deploy/local/kafka.sh on every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA_DIR
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+min.insync.replicas=1
+default.replication.factor=1
+EOF
+    cat >"$LOG4J_CONF" <<EOF
+# Generated by deploy/local/kafka.sh. Everything goes to stdout, which the
+# script redirects to broker.log.
+status = warn
+name = kafka-local
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.target = SYSTEM_OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = $KAFKA_LOG_LEVEL
+rootLogger.appenderRef.out.ref = STDOUT
+# The full config dumps (hundreds of lines per client/server) are noise here.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+EOF
+}
+
+format_storage() {
+    [[ -f "$DATA_DIR/meta.properties" ]] && return 0
+    say "formatting storage in $DATA_DIR (cluster id $KAFKA_CLUSTER_ID)"
+    local java out
+    java="$(java_bin)"
+    if ! out="$("$java" -Dlog4j2.configurationFile="$LOG4J_CONF" -cp "$LIBS_DIR/*" \
+            kafka.tools.StorageTool format -t "$KAFKA_CLUSTER_ID" -c "$SERVER_PROPS" 2>&1)"; then
+        printf '%s\n' "$out" >&2
+        die "formatting storage failed"
+    fi
+}
+
+rotate_log() {
+    # Keep one previous log once the current one passes ~50 MB.
+    if [[ -f "$LOG_FILE" ]] && (($(stat -c %s "$LOG_FILE") > 50 * 1024 * 1024)); then
+        mv -f "$LOG_FILE" "$LOG_FILE.1"
+    fi
+}
+
+launch() {
+    local java
+    java="$(java_bin)"
+    rotate_log
+    printf '\n===== %s kafka.sh start: Kafka %s on %s =====\n' \
+        "$(date '+%F %T')" "$KAFKA_VERSION" "$BOOTSTRAP" >>"$LOG_FILE"
+    # Word splitting of the heap/JVM options is intended.
+    # shellcheck disable=SC2086
+    setsid nohup "$java" $KAFKA_HEAP \
+        -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$LOG4J_CONF" \
+        $KAFKA_JVM_OPTS \
+        -cp "$LIBS_DIR/*" kafka.Kafka "$SERVER_PROPS" \
+        </dev/null >>"$LOG_FILE" 2>&1 8>&- 9>&- &
+    printf '%s\n' "$!" >"$PID_FILE"
+}
+
+# True if something accepts TCP connections on $KAFKA_HOST:$1.
+port_in_use() {
+    (: <>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null
+}
+
+fail_with_log() {
+    printf 'kafka: error: %s\n' "$1" >&2
+    if [[ -f "$LOG_FILE" ]]; then
+        printf -- '----- last 40 lines of %s -----\n' "$LOG_FILE" >&2
+        tail -n 40 "$LOG_FILE" >&2
+    fi
+    exit 1
+}
+
+wait_ready() {
+    local pid=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$PID_FILE"
+            fail_with_log "broker process $pid exited during startup"
+        fi
+        if is_ready; then
+            return 0
+        fi
+        sleep "$POLL_INTERVAL"
+    done
+    fail_with_log "broker (pid $pid) not ready after ${KAFKA_START_TIMEOUT}s"
+}
+
+cmd_start() {
+    local pid
+    if pid="$(broker_pid)"; then
+        if is_ready; then
+            say "ready on $BOOTSTRAP (already running, pid $pid)"
+            return 0
+        fi
+        say "already starting (pid $pid), waiting"
+        wait_ready "$pid"
+        say "ready on $BOOTSTRAP"
+        return 0
+    fi
+    rm -f "$PID_FILE"
+    if is_ready; then
+        say "ready on $BOOTSTRAP (a broker not started by this script answers there; not starting another)"
+        return 0
+    fi
+    local port
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+        if port_in_use "$port"; then
+            die "port $port on $KAFKA_HOST is already in use by another process (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
+        fi
+    done
+    cmd_fetch
+    write_config
+    format_storage
+    launch
+    pid="$(cat "$PID_FILE")"
+    wait_ready "$pid"
+    say "ready on $BOOTSTRAP"
+}
+
+cmd_stop() {
+    local pid deadline
+    if ! pid="$(broker_pid)"; then
+        rm -f "$PID_FILE"
+        say "not running"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep "$POLL_INTERVAL"
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "pid $pid still alive after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 10))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && die "pid $pid survived SIGKILL"
+    fi
+    rm -f "$PID_FILE"
+    say "stopped (pid $pid)"
+}
+
+cmd_status() {
+    local pid
+    if pid="$(broker_pid)"; then
+        if is_ready; then
+            say "ready on $BOOTSTRAP (pid $pid)"
+            return 0
+        fi
+        say "running (pid $pid) but not ready on $BOOTSTRAP"
+        return 1
+    fi
+    if is_ready; then
+        say "ready on $BOOTSTRAP (not started by this script)"
+        return 0
+    fi
+    say "not running"
+    return 1
+}
+
+cmd_reset() {
+    cmd_stop
+    rm -rf "$DATA_DIR"
+    say "deleted $DATA_DIR"
+}
+
+cmd_logs() {
+    [[ -f "$LOG_FILE" ]] || die "no log yet at $LOG_FILE"
+    if [[ "${1:-}" == "-f" ]]; then
+        exec tail -n 100 -F "$LOG_FILE"
+    fi
+    tail -n "${KAFKA_LOG_LINES:-100}" "$LOG_FILE"
+}
+
+main() {
+    local cmd="${1:-}"
+    (($# > 0)) && shift
+    case "$cmd" in
+        fetch)
+            cmd_fetch
+            say "Kafka $KAFKA_VERSION jars ready in $LIBS_DIR"
+            ;;
+        start | stop | restart | reset)
+            lock "$STATE_DIR/.lock" 9
+            case "$cmd" in
+                start) cmd_start ;;
+                stop) cmd_stop ;;
+                restart)
+                    cmd_stop
+                    cmd_start
+                    ;;
+                reset) cmd_reset ;;
+            esac
+            ;;
+        status) cmd_status ;;
+        logs) cmd_logs "$@" ;;
+        -h | --help | help) usage ;;
+        *)
+            usage >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,71 @@
+"""The one rate budget every Cloudflare call passes through, and the account lockout.
+
+Cloudflare counts calls per user over a sliding window and blocks every call for five
+minutes after one call too many. The budget keeps the send times of the calls in the
+current window and lets a call through only while fewer than ``calls`` were sent in the
+last ``window_s`` seconds; a 429 blocks every caller until the retry-after has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Budget:
+    """A sliding-window call budget shared by all requests of the process."""
+
+    def __init__(
+        self,
+        *,
+        calls: int,
+        window_s: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if calls < 1 or window_s <= 0:
+            raise ValueError("a budget needs calls >= 1 and window_s > 0")
+        self.calls = calls
+        self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+        self._blocked_until = 0.0
+
+    @property
+    def blocked_for_s(self) -> float:
+        """Seconds left in the current lockout, 0 when not blocked."""
+        return max(0.0, self._blocked_until - self._clock())
+
+    def remaining(self) -> int:
+        """Calls that could be sent right now."""
+        self._expire(self._clock())
+        return self.calls - len(self._sent)
+
+    async def acquire(self) -> float:
+        """Wait until a call may be sent, count it, and return the seconds waited."""
+        started = self._clock()
+        while True:
+            now = self._clock()
+            if now < self._blocked_until:
+                await self._sleep(self._blocked_until - now)
+                continue
+            self._expire(now)
+            if len(self._sent) < self.calls:
+                self._sent.append(now)
+                return now - started
+            await self._sleep(self._sent[0] + self.window_s - now)
+
+    def block_for(self, seconds: float) -> None:
+        """Hold every call for ``seconds`` (a 429 means the whole account is blocked)."""
+        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._sent and self._sent[0] <= horizon:
+            self._sent.popleft()

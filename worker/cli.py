@@ -1,0 +1,260 @@
+"""Command line: parse arguments, build settings, call the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from worker import __version__
+from worker.errors import ConfigError
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger("worker")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+_DESCRIPTION = """\
+Enrich Cloudflare Email Security investigate ids with their detections.
+
+Settings come from a TOML file (--config or ENRICH_CONFIG_FILE) and ENRICH_* environment
+variables (nested with __, e.g. ENRICH_KAFKA__BOOTSTRAP_SERVERS); the environment wins.
+Every setting is listed in config/example.toml and the README.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``enrich-worker``."""
+    parser = argparse.ArgumentParser(
+        prog="enrich-worker",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (default: ENRICH_CONFIG_FILE)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="consume ids from Kafka, produce enrichment events (the service)",
+        description="Consume ids from kafka.input_topic, call the detections API, produce one "
+        "event per id to kafka.output_topic and bad input or permanent failures to "
+        "kafka.dlq_topic. Commits an offset only after its output is acknowledged. "
+        "SIGTERM/SIGINT drain in-flight work (pipeline.shutdown_grace_s), commit and exit 0; "
+        "a second signal exits at once (work since the last commit is repeated, not lost).",
+    )
+    run.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit 0 once every assigned partition is processed and committed up to its end",
+    )
+
+    enrich = sub.add_parser(
+        "enrich",
+        help="enrich ids without Kafka: events as JSON lines on stdout",
+        description="Enrich the given ids (or lines of --input FILE, or stdin with '-') and "
+        "print one event per line on stdout, in input order. Each line may be a bare id or "
+        'the JSON form {"investigate_id": ..., "account_id": ..., "context": ...}. '
+        "Failures are JSON lines on stderr "
+        '({"investigate_id", "error", "detail"}); a progress line goes to stderr every 2 s. '
+        "Exit status: 0 all enriched, 1 some failed, 2 configuration error.",
+    )
+    enrich.add_argument("ids", nargs="*", help="investigate ids; '-' reads stdin")
+    enrich.add_argument("--input", type=Path, help="file with one id (or JSON object) per line")
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="serve a local stand-in for the Cloudflare detections API",
+        description="Serve GET /client/v4/accounts/{account}/email-security/investigate/{id}"
+        "/detections on HOST:PORT with deterministic payloads, Cloudflare's envelope and auth "
+        "errors, and GET /__simulator/stats with its counters. Known ids are "
+        "those of its catalogue (see --print-ids) unless --accept-any-id.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=18787, help="port (default 18787)")
+    simulate.add_argument("--seed", type=int, default=1, help="payload and id seed (default 1)")
+    simulate.add_argument(
+        "--catalog-size", type=int, default=1_000_000, help="number of known ids (default 1e6)"
+    )
+    simulate.add_argument(
+        "--accept-any-id", action="store_true", help="answer every id instead of 7003"
+    )
+    simulate.add_argument(
+        "--shape-2025-ratio",
+        type=float,
+        default=0.2,
+        help="share of ids answered in the older 2025 schema shape (default 0.2)",
+    )
+    simulate.add_argument(
+        "--token", default=None, help="accepted Bearer token (default: local-simulator-token)"
+    )
+    simulate.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added latency per answer (default 0)"
+    )
+    simulate.add_argument(
+        "--unknown-status",
+        type=int,
+        choices=(400, 404),
+        default=404,
+        help="HTTP status for unknown ids (code 7003; default 404)",
+    )
+    simulate.add_argument(
+        "--print-ids", type=int, metavar="N", help="print the first N known ids and exit"
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulator + local broker + worker on sample ids, then a summary",
+        description="Start the simulator in-process, create demo topics on the configured "
+        "broker, feed sample ids, run the worker until they are all enriched and committed, "
+        "and print the counts, one event and how to read the rest.",
+    )
+    demo.add_argument("--count", type=int, default=1000, help="ids to feed (default 1000)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``enrich-worker``."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+        settings = load_settings(args.config)
+        from worker.observability import setup_logging
+
+        # One-shot and demo write their results on stdout; their logs go to stderr.
+        stream = sys.stdout if args.command == "run" else sys.stderr
+        setup_logging(level=settings.log.level, fmt=settings.log.format, stream=stream)
+        if args.command == "run":
+            return asyncio.run(_run(settings, burst=args.burst))
+        if args.command == "enrich":
+            return asyncio.run(_enrich(settings, args.ids, args.input))
+        if args.command == "demo":
+            from worker.demo import run_demo
+
+            return asyncio.run(run_demo(settings, count=args.count, out=sys.stdout))
+    except ConfigError as exc:
+        print(f"enrich-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _run(settings: Settings, *, burst: bool) -> int:
+    from worker.service import run_worker
+
+    settings.cloudflare.require_credentials()
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    stats = await run_worker(settings, stop=stop, burst=burst)
+    log.info(
+        "worker stopped",
+        extra={"consumed": stats.consumed, "produced": stats.produced, "dlq": stats.dlq},
+    )
+    return EXIT_OK
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            # Second signal: leave now. Nothing is lost, uncommitted work is repeated.
+            os._exit(128 + signum)
+        log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from worker.enricher import open_enricher
+    from worker.observability import Metrics
+    from worker.oneshot import enrich_lines
+
+    if not ids and input_file is None:
+        raise ConfigError("give ids, --input FILE, or '-' to read stdin")
+    metrics = Metrics(CollectorRegistry())
+    async with open_enricher(settings.cloudflare, metrics) as enricher:
+        stats = await enrich_lines(
+            _lines(ids, input_file),
+            enricher,
+            default_account_id=settings.cloudflare.account_id,
+            max_bytes=settings.pipeline.max_message_bytes,
+            window=settings.cloudflare.max_in_flight * 4,
+            out=sys.stdout.buffer,
+            err=sys.stderr,
+        )
+    return EXIT_OK if stats.failed == 0 else EXIT_FAILED
+
+
+async def _lines(ids: list[str], input_file: Path | None) -> AsyncIterator[str]:
+    for value in ids:
+        if value == "-":
+            while line := await asyncio.to_thread(sys.stdin.readline):
+                yield line
+        else:
+            yield value
+    if input_file is not None:
+        try:
+            handle = input_file.open(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --input {input_file}: {exc.strerror}") from None
+        with handle:
+            for line in handle:
+                yield line
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from worker.httpserver import serve
+    from worker.simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
+
+    if args.print_ids is not None:
+        for i in range(args.print_ids):
+            print(catalog_id(args.seed, i))
+        return EXIT_OK
+    config = SimulatorConfig(
+        seed=args.seed,
+        catalog_size=args.catalog_size,
+        accept_any_id=args.accept_any_id,
+        shape_2025_ratio=args.shape_2025_ratio,
+        token=args.token or DEFAULT_TOKEN,
+        latency_s=args.latency_ms / 1000,
+        unknown_status=args.unknown_status,
+    )
+
+    async def serve_forever() -> None:
+        try:
+            server = await serve(Simulator(config), host=args.host, port=args.port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        print(
+            f"simulator: serving http://{args.host}:{args.port}/client/v4 (seed {args.seed}); "
+            "stats at /__simulator/stats",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with server:
+            await stop.wait()
+
+    try:
+        asyncio.run(serve_forever())
+    except ConfigError as exc:
+        print(f"enrich-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK

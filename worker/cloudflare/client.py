@@ -1,0 +1,127 @@
+"""One attempt at the detections call: safe URL, auth headers, budget, concurrency, metrics.
+
+Retries are not decided here (see worker.retry); this module turns every httpx outcome into
+Detections or an ApiError, so no httpx exception escapes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from worker.budget import Budget
+from worker.cloudflare.answers import parse_answer
+from worker.cloudflare.models import Detections
+from worker.errors import RateLimitedError, TransientApiError
+from worker.inputs import validate_account_id, validate_investigate_id
+from worker.observability import Metrics
+from worker.settings import CloudflareSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A Bearer token (preferred) or the legacy X-Auth-Email + X-Auth-Key pair."""
+
+    token: SecretStr | None = None
+    email: str | None = None
+    key: SecretStr | None = None
+
+    @classmethod
+    def from_settings(cls, settings: CloudflareSettings) -> Credentials:
+        """Take the credentials out of the settings (they were checked there)."""
+        settings.require_credentials()
+        return cls(token=settings.api_token, email=settings.auth_email, key=settings.auth_key)
+
+    def headers(self) -> dict[str, str]:
+        """The auth headers of every call."""
+        if self.token is not None:
+            return {"authorization": f"Bearer {self.token.get_secret_value()}"}
+        if self.email is not None and self.key is not None:
+            return {"x-auth-email": self.email, "x-auth-key": self.key.get_secret_value()}
+        return {}
+
+
+def detections_url(base_url: str, account_id: str, investigate_id: str) -> str:
+    """The detections URL; the id is validated again and becomes exactly one path segment."""
+    segment = quote(validate_investigate_id(investigate_id), safe=":@")
+    account = validate_account_id(account_id)
+    return (
+        f"{base_url.rstrip('/')}/accounts/{account}/email-security/investigate/{segment}/detections"
+    )
+
+
+class DetectionsClient:
+    """Fetches detections, one attempt per call, under the shared budget."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        credentials: Credentials,
+        http: httpx.AsyncClient,
+        budget: Budget,
+        metrics: Metrics,
+        max_in_flight: int,
+        default_retry_after_s: float = 300.0,
+    ) -> None:
+        self._base_url = base_url
+        self._http = http
+        self._budget = budget
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._headers = {"accept": "application/json", **credentials.headers()}
+        self._default_retry_after_s = default_retry_after_s
+
+    async def fetch(self, account_id: str, investigate_id: str) -> Detections:
+        """One call. Returns the detections or raises an ApiError subclass."""
+        url = detections_url(self._base_url, account_id, investigate_id)
+        async with self._slots:
+            waited = await self._budget.acquire()
+            if waited:
+                self._metrics.budget_wait.inc(waited)
+            self._metrics.api_in_flight.inc()
+            started = time.perf_counter()
+            try:
+                response = await self._http.get(url, headers=self._headers)
+            except httpx.TimeoutException as exc:
+                self._metrics.api_requests.labels(status="timeout").inc()
+                raise TransientApiError(f"timeout: {type(exc).__name__}") from None
+            except httpx.TransportError as exc:
+                self._metrics.api_requests.labels(status="transport_error").inc()
+                raise TransientApiError(f"transport error: {type(exc).__name__}") from None
+            finally:
+                self._metrics.api_in_flight.dec()
+            self._metrics.api_latency.observe(time.perf_counter() - started)
+            self._metrics.api_requests.labels(status=str(response.status_code)).inc()
+        try:
+            return parse_answer(
+                response.status_code,
+                response.headers,
+                response.content,
+                default_retry_after_s=self._default_retry_after_s,
+            )
+        except RateLimitedError as exc:
+            # The whole account is blocked: hold every call, not only this one.
+            self._budget.block_for(exc.retry_after_s or self._default_retry_after_s)
+            raise
+
+
+def build_http_client(
+    settings: CloudflareSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The shared httpx client: one pool sized to the concurrency bound, strict timeouts."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+        limits=httpx.Limits(
+            max_connections=settings.max_in_flight,
+            max_keepalive_connections=settings.max_in_flight,
+        ),
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+    )

@@ -1,0 +1,67 @@
+"""The fetch path shared by the Kafka pipeline and one-shot mode: request -> Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from worker.budget import Budget
+from worker.cloudflare.client import Credentials, DetectionsClient, build_http_client
+from worker.inputs import EnrichRequest
+from worker.observability import Metrics
+from worker.retry import Outcome, RetryPolicy, Sleep, fetch_with_retry
+from worker.settings import CloudflareSettings
+
+
+class Enricher:
+    """Fetches the detections of a request, with retries, under the shared budget."""
+
+    def __init__(
+        self, *, client: DetectionsClient, policy: RetryPolicy, metrics: Metrics, sleep: Sleep
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._metrics = metrics
+        self._sleep = sleep
+
+    async def enrich(self, request: EnrichRequest) -> Outcome:
+        """Detections for the request, or the final error with the attempts made."""
+        return await fetch_with_retry(
+            lambda: self._client.fetch(request.account_id, request.investigate_id),
+            self._policy,
+            sleep=self._sleep,
+            on_retry=lambda reason: self._metrics.retries.labels(reason=reason).inc(),
+        )
+
+
+@asynccontextmanager
+async def open_enricher(
+    settings: CloudflareSettings,
+    metrics: Metrics,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    budget: Budget | None = None,
+    sleep: Sleep | None = None,
+) -> AsyncIterator[Enricher]:
+    """An Enricher with its HTTP pool, closed on exit."""
+    credentials = Credentials.from_settings(settings)
+    budget = budget or Budget(calls=settings.effective_budget, window_s=settings.budget_window_s)
+    async with build_http_client(settings, transport) as http:
+        client = DetectionsClient(
+            base_url=settings.base_url,
+            credentials=credentials,
+            http=http,
+            budget=budget,
+            metrics=metrics,
+            max_in_flight=settings.max_in_flight,
+            default_retry_after_s=settings.default_retry_after_s,
+        )
+        policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_s=settings.backoff_base_s,
+            cap_s=settings.backoff_max_s,
+        )
+        yield Enricher(client=client, policy=policy, metrics=metrics, sleep=sleep or asyncio.sleep)

@@ -1,0 +1,203 @@
+"""Detections -> one enrichment event (schema v1), and the DLQ record for what failed.
+
+The event layout is documented field by field in docs/event-schema.md; a change here is a
+change there, and a breaking one bumps SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker import __version__
+from worker.cloudflare.models import DISPOSITIONS, VALIDATION_RESULTS, Detections, Header
+from worker.inputs import EnrichRequest
+from worker.retry import Attempts
+
+SCHEMA_VERSION = 1
+DLQ_SCHEMA_VERSION = 1
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f4e-8f0e-4d4e-9a57-3c1b8f0f2a11")
+
+# Event key -> header name, the headers a SOC analyst pivots on.
+SELECTED_HEADERS = {
+    "from": "from",
+    "to": "to",
+    "cc": "cc",
+    "reply_to": "reply-to",
+    "subject": "subject",
+    "message_id": "message-id",
+    "date": "date",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def event_id(account_id: str, investigate_id: str) -> str:
+    """Deterministic event id: the same message enriched twice gets the same id."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"v{SCHEMA_VERSION}/{account_id}/{investigate_id}"))
+
+
+def now_rfc3339() -> str:
+    """The current UTC time with milliseconds, as events and DLQ records write it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_event(
+    detections: Detections,
+    request: EnrichRequest,
+    source: Source | None,
+    *,
+    on_unknown: Callable[[str, str], None] = lambda field, value: None,
+) -> dict[str, Any]:
+    """Flatten one detections answer into an enrichment event (schema v1)."""
+    d = detections
+    _check_enum("final_disposition", d.final_disposition, DISPOSITIONS, on_unknown)
+    sender = d.sender_info
+    validation = d.validation
+    if validation is not None:
+        for name in ("spf", "dkim", "dmarc"):
+            _check_enum(
+                f"validation.{name}", getattr(validation, name), VALIDATION_RESULTS, on_unknown
+            )
+    for att in d.attachments:
+        _check_enum("attachments.detection", att.detection, DISPOSITIONS, on_unknown)
+    findings = d.findings or []
+    for finding in findings:
+        _check_enum("findings.detection", finding.detection, DISPOSITIONS, on_unknown)
+    scores = [f.score for f in findings if f.score is not None]
+    hrefs = [link.href for link in d.links if link.href]
+    return {
+        "event_id": event_id(request.account_id, request.investigate_id),
+        "schema_version": SCHEMA_VERSION,
+        "investigate_id": request.investigate_id,
+        "account_id": request.account_id,
+        "enriched_at": now_rfc3339(),
+        "source": None
+        if source is None
+        else {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "final_disposition": d.final_disposition,
+        "action": d.action,
+        "threat_categories": [c.name for c in d.threat_categories if c.name is not None],
+        "sender": {
+            "ip": sender.ip if sender else None,
+            "as_number": sender.as_number if sender else None,
+            "as_name": sender.as_name if sender else None,
+            "geo": sender.geo if sender else None,
+            "pld": sender.pld if sender else None,
+        },
+        "validation": {
+            "spf": validation.spf if validation else None,
+            "dkim": validation.dkim if validation else None,
+            "dmarc": validation.dmarc if validation else None,
+            "comment": validation.comment if validation else None,
+        },
+        "attachments": {
+            "count": len(d.attachments),
+            "names": [a.filename or a.name for a in d.attachments],
+            "content_types": [a.content_type for a in d.attachments],
+            "sizes": [a.size for a in d.attachments],
+            "md5": [a.md5 for a in d.attachments],
+            "sha1": [a.sha1 for a in d.attachments],
+            "sha256": [a.sha256 for a in d.attachments],
+            "detections": [a.detection for a in d.attachments],
+            "encrypted": [a.encrypted for a in d.attachments],
+        },
+        "links": {
+            "count": len(d.links),
+            "hrefs": hrefs,
+            "domains": _domains(hrefs),
+        },
+        "findings": {
+            "count": len(findings),
+            "max_score": max(scores) if scores else None,
+            "items": [f.model_dump() for f in findings],
+        },
+        "headers": _selected_headers(d.headers),
+        "context": request.context,
+    }
+
+
+def build_dlq_record(
+    *,
+    reason: str,
+    detail: str,
+    source: Source | None,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp_ms: int | None = None,
+    investigate_id: str | None = None,
+    attempts: Attempts | None = None,
+) -> dict[str, Any]:
+    """A DLQ record: why, where from, and the original bytes (base64) kept exactly."""
+    return {
+        "dlq_schema_version": DLQ_SCHEMA_VERSION,
+        "reason": reason,
+        "detail": detail,
+        "failed_at": now_rfc3339(),
+        "source": None
+        if source is None
+        else {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "timestamp_ms": timestamp_ms,
+        },
+        "investigate_id": investigate_id,
+        "original_key_b64": None if key is None else base64.b64encode(key).decode(),
+        "original_value_b64": None if value is None else base64.b64encode(value).decode(),
+        "attempts": attempts.count if attempts else 0,
+        "first_attempt_at": attempts.first_at if attempts else None,
+        "last_attempt_at": attempts.last_at if attempts else None,
+        "last_http_status": attempts.last_status if attempts else None,
+        "last_error_codes": list(attempts.last_codes) if attempts else [],
+        "worker_version": __version__,
+    }
+
+
+def _check_enum(
+    field: str, value: str | None, known: frozenset[str], report: Callable[[str, str], None]
+) -> None:
+    if value is not None and value not in known:
+        report(field, value)
+
+
+def _domains(hrefs: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for href in hrefs:
+        try:
+            host = urlsplit(href.strip()).hostname
+        except ValueError:
+            continue
+        if host:
+            seen.setdefault(host.lower().rstrip("."), None)
+    return list(seen)
+
+
+def _selected_headers(headers: list[Header]) -> dict[str, str | None]:
+    by_name: dict[str, str] = {}
+    for header in headers:
+        by_name.setdefault(header.name.strip().lower(), header.value)
+    return {key: _decode(by_name.get(name)) for key, name in SELECTED_HEADERS.items()}
+
+
+def _decode(value: str | None) -> str | None:
+    """Decode RFC 2047 encoded words (=?utf-8?b?...?=); keep the raw value if that fails."""
+    if value is None or "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value

@@ -1,0 +1,188 @@
+"""Metrics (on a registry passed in), structured logging, and the /metrics /healthz /readyz
+endpoint."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from worker import __version__
+from worker.httpserver import Handler, Request, Response
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric the worker exports. Labels never carry an id."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.consumed = Counter(
+            "enrich_messages_consumed_total", "Input messages read from Kafka.", registry=registry
+        )
+        self.produced = Counter(
+            "enrich_events_produced_total",
+            "Enrichment events acknowledged by the broker.",
+            registry=registry,
+        )
+        self.dlq = Counter(
+            "enrich_dlq_records_total",
+            "DLQ records acknowledged by the broker, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.api_requests = Counter(
+            "enrich_api_requests_total",
+            "Cloudflare API calls by HTTP status (or transport error kind).",
+            ["status"],
+            registry=registry,
+        )
+        self.api_latency = Histogram(
+            "enrich_api_request_duration_seconds",
+            "Time from sending a Cloudflare API call to its full answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.api_in_flight = Gauge(
+            "enrich_api_requests_in_flight",
+            "Cloudflare API calls currently in flight.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "enrich_retries_total",
+            "Retried API attempts, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.budget_wait = Counter(
+            "enrich_budget_wait_seconds_total",
+            "Seconds calls spent waiting for the rate budget or a lockout.",
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "enrich_messages_pending",
+            "Messages consumed whose output is not yet acknowledged.",
+            registry=registry,
+        )
+        self.committed = Gauge(
+            "enrich_committed_offset",
+            "Last input offset committed, per partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.unknown_values = Counter(
+            "enrich_unknown_enum_values_total",
+            "Values outside a documented enum, kept as raw strings, by field.",
+            ["field"],
+            registry=registry,
+        )
+        self.dispositions = Counter(
+            "enrich_events_by_disposition_total",
+            "Events produced, by final disposition.",
+            ["disposition"],
+            registry=registry,
+        )
+        Info("enrich_build", "Version of the worker.", registry=registry).info(
+            {"version": __version__}
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz report; the run loop updates it."""
+
+    ready: bool = False
+    reason: str = "starting"
+    last_loop_at: float = field(default_factory=time.monotonic)
+    max_loop_silence_s: float = 60.0
+
+    def beat(self) -> None:
+        """Called by the run loop on every turn."""
+        self.last_loop_at = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        """The run loop turned recently."""
+        return time.monotonic() - self.last_loop_at < self.max_loop_silence_s
+
+
+def metrics_handler(metrics: Metrics, health: Health) -> Handler:
+    """The request handler for the metrics and health endpoint."""
+
+    async def handle(request: Request) -> Response:
+        if request.method != "GET":
+            return Response(status=405, content_type="text/plain")
+        if request.path == "/metrics":
+            return Response(body=metrics.render(), content_type=CONTENT_TYPE_LATEST)
+        if request.path == "/healthz":
+            ok = health.alive
+            return _status(200 if ok else 503, "alive" if ok else "run loop stalled")
+        if request.path == "/readyz":
+            return _status(200 if health.ready else 503, health.reason)
+        return _status(404, "not found: try /metrics, /healthz or /readyz")
+
+    return handle
+
+
+def _status(code: int, text: str) -> Response:
+    return Response(status=code, body=text.encode() + b"\n", content_type="text/plain")
+
+
+_STANDARD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+JsonFormatter.converter = time.gmtime
+
+
+def setup_logging(*, level: str, fmt: str, stream: TextIO = sys.stdout) -> None:
+    """Send the worker's logs to ``stream`` as JSON lines (or plain text)."""
+    handler = logging.StreamHandler(stream)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Libraries' per-request and per-rebalance chatter is not worth a line at 3 a.m.
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    for name in ("httpx", "httpcore", "aiokafka"):
+        logging.getLogger(name).setLevel(quiet)

@@ -1,0 +1,374 @@
+"""The run loop: consume ids, enrich concurrently, produce events or DLQ records, commit.
+
+An input offset is committed only once the broker acknowledged the output of that message
+and of every earlier message of its partition (see worker.offsets). Memory is bounded by
+``max_pending_messages``: when that many messages are in progress, every partition is
+paused until some finish. Shutdown stops consuming, lets work in progress finish within the
+grace period, commits what finished, then closes the clients in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from worker.enricher import Enricher
+from worker.errors import InputError
+from worker.events import Source, build_dlq_record, build_event
+from worker.inputs import parse_message
+from worker.observability import Health, Metrics
+from worker.offsets import PartitionOffsets
+from worker.retry import Attempts
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_POLL_TIMEOUT_MS = 200
+_CAUGHT_UP_CHECK_S = 0.2
+_PRODUCE_RETRY_S = 1.0
+
+
+@dataclass
+class RunStats:
+    """Counts of one run, for the demo summary and for tests."""
+
+    consumed: int = 0
+    produced: int = 0
+    dlq: int = 0
+
+
+class _EventTooLarge(Exception):
+    """The broker refused the event for its size; it goes to the DLQ instead."""
+
+
+class Pipeline:
+    """Owns the consumer, the producer and the work in progress between them."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        enricher: Enricher,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        health: Health | None = None,
+    ) -> None:
+        self._settings = settings
+        self._kafka = settings.kafka
+        self._limits = settings.pipeline
+        self._enricher = enricher
+        self._consumer = consumer
+        self._producer = producer
+        self._metrics = metrics
+        self._health = health or Health()
+        self._trackers: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._pending = 0
+        self._stopping = False
+        self._assigned_once = False
+        self.stats = RunStats()
+
+    async def run(self, *, stop: asyncio.Event | None = None, burst: bool = False) -> RunStats:
+        """Process messages until ``stop`` is set or, with ``burst``, until caught up."""
+        stop = stop or asyncio.Event()
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            try:
+                self._consumer.subscribe([self._kafka.input_topic], listener=_Rebalance(self))
+                await self._loop(stop, burst)
+            finally:
+                await self._drain_and_commit()
+                await self._consumer.stop()
+        finally:
+            await self._producer.stop()
+            self._health.ready = False
+            self._health.reason = "stopped"
+        return self.stats
+
+    async def _loop(self, stop: asyncio.Event, burst: bool) -> None:
+        next_commit = time.monotonic() + self._limits.commit_interval_s
+        next_caught_up_check = 0.0
+        while not stop.is_set():
+            self._health.beat()
+            room = self._limits.max_pending_messages - self._pending
+            self._apply_backpressure(room)
+            batch = await self._consumer.getmany(
+                timeout_ms=_POLL_TIMEOUT_MS,
+                max_records=max(1, min(room, self._kafka.max_poll_records)),
+            )
+            for tp, records in batch.items():
+                for record in records:
+                    self._dispatch(tp, record)
+            now = time.monotonic()
+            if now >= next_commit:
+                await self._commit()
+                next_commit = now + self._limits.commit_interval_s
+            if burst and not batch and now >= next_caught_up_check:
+                next_caught_up_check = now + _CAUGHT_UP_CHECK_S
+                if await self._caught_up():
+                    log.info("caught up with the input topic; stopping (burst mode)")
+                    return
+
+    def _apply_backpressure(self, room: int) -> None:
+        assignment = self._consumer.assignment()
+        paused = self._consumer.paused()
+        if room <= 0 and assignment - paused:
+            self._consumer.pause(*assignment)
+        elif room > 0 and paused:
+            self._consumer.resume(*paused)
+
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        tracker = self._trackers.get(tp)
+        if tracker is None or not tracker.accepts(record.offset):
+            # A new assignment, or the consumer went back (offset reset): start afresh.
+            # Work still in flight for the old record only repeats, it is never skipped.
+            tracker = self._trackers[tp] = PartitionOffsets()
+        tracker.add(record.offset)
+        self._pending += 1
+        self._metrics.pending.set(self._pending)
+        self._metrics.consumed.inc()
+        self.stats.consumed += 1
+        task = asyncio.create_task(self._handle(tp, tracker, record))
+        tasks = self._tasks.setdefault(tp, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _handle(
+        self, tp: TopicPartition, tracker: PartitionOffsets, record: ConsumerRecord[Any, Any]
+    ) -> None:
+        source = Source(tp.topic, tp.partition, record.offset)
+        value: bytes | None = record.value
+        key: bytes | None = record.key
+        try:
+            await self._process(source, key, value, record.timestamp)
+            tracker.done(record.offset)
+        except asyncio.CancelledError:
+            raise  # not done, so not committed: it is processed again after a restart
+        except Exception:  # the outermost handler of a message: never let a bug stop the line
+            log.exception("unexpected error handling a message", extra=_where(source))
+            try:
+                await self._send_dlq(
+                    "internal_error",
+                    "unexpected error in the worker",
+                    source,
+                    key,
+                    value,
+                    record.timestamp,
+                )
+                tracker.done(record.offset)
+            except Exception:  # the DLQ is unreachable too: leave the offset uncommitted
+                log.exception("cannot write the DLQ record; offset held", extra=_where(source))
+        finally:
+            self._pending -= 1
+            self._metrics.pending.set(self._pending)
+
+    async def _process(
+        self, source: Source, key: bytes | None, value: bytes | None, timestamp_ms: int
+    ) -> None:
+        try:
+            request = parse_message(
+                value,
+                default_account_id=self._settings.cloudflare.account_id,
+                max_bytes=self._limits.max_message_bytes,
+            )
+        except InputError as exc:
+            log.warning("bad input message to DLQ", extra={**_where(source), "reason": exc.reason})
+            await self._send_dlq(exc.reason, exc.detail, source, key, value, timestamp_ms)
+            return
+        outcome = await self._enricher.enrich(request)
+        if outcome.detections is None:
+            assert outcome.error is not None
+            error = outcome.error
+            log.warning(
+                "enrichment failed; DLQ",
+                extra={
+                    **_where(source),
+                    "investigate_id": request.investigate_id,
+                    "reason": error.reason,
+                    "status": error.status,
+                },
+            )
+            await self._send_dlq(
+                error.reason,
+                error.detail,
+                source,
+                key,
+                value,
+                timestamp_ms,
+                investigate_id=request.investigate_id,
+                attempts=outcome.attempts,
+            )
+            return
+        event = build_event(
+            outcome.detections,
+            request,
+            source,
+            on_unknown=lambda field, _: self._metrics.unknown_values.labels(field=field).inc(),
+        )
+        try:
+            await self._produce(
+                self._kafka.output_topic, request.investigate_id.encode(), orjson.dumps(event)
+            )
+        except _EventTooLarge as exc:
+            await self._send_dlq(
+                "event_too_large",
+                str(exc),
+                source,
+                key,
+                value,
+                timestamp_ms,
+                investigate_id=request.investigate_id,
+                attempts=outcome.attempts,
+            )
+            return
+        self._metrics.produced.inc()
+        self._metrics.dispositions.labels(
+            disposition=outcome.detections.final_disposition or "none"
+        ).inc()
+        self.stats.produced += 1
+
+    async def _send_dlq(
+        self,
+        reason: str,
+        detail: str,
+        source: Source,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        *,
+        investigate_id: str | None = None,
+        attempts: Attempts | None = None,
+    ) -> None:
+        record = build_dlq_record(
+            reason=reason,
+            detail=detail,
+            source=source,
+            key=key,
+            value=value,
+            timestamp_ms=timestamp_ms,
+            investigate_id=investigate_id,
+            attempts=attempts,
+        )
+        await self._produce(self._kafka.dlq_topic, key, orjson.dumps(record))
+        self._metrics.dlq.labels(reason=reason).inc()
+        self.stats.dlq += 1
+
+    async def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send and wait for the broker's ack; retry broker trouble, never drop silently."""
+        while True:
+            try:
+                delivery = await self._producer.send(topic, value=value, key=key)
+                await delivery
+                return
+            except MessageSizeTooLargeError as exc:
+                raise _EventTooLarge(f"{len(value)} bytes refused by the broker") from exc
+            except KafkaError as exc:
+                if self._stopping:
+                    raise
+                log.warning("produce failed; retrying", extra={"topic": topic, "error": repr(exc)})
+                await asyncio.sleep(_PRODUCE_RETRY_S)
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        due = {
+            tp: tracker
+            for tp, tracker in self._trackers.items()
+            if tracker.needs_commit() and (only is None or tp in only)
+        }
+        if not due:
+            return
+        offsets = {tp: tracker.commit_point for tp, tracker in due.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Not skipped: the same (or a later) point is committed on the next try.
+            log.warning("commit failed; will retry", extra={"error": repr(exc)})
+            return
+        for tp, tracker in due.items():
+            tracker.committed = offsets[tp]
+            self._metrics.committed.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                offsets[tp] or 0
+            )
+
+    async def _caught_up(self) -> bool:
+        if self._pending or not self._assigned_once:
+            return False
+        if any(t.needs_commit() for t in self._trackers.values()):
+            await self._commit()
+            return False
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return False
+        ends = await self._consumer.end_offsets(list(assignment))
+        for tp in assignment:
+            if await self._consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+    async def _wait_for(self, tps: set[TopicPartition], timeout_s: float) -> None:
+        tasks = set().union(*(self._tasks.get(tp, set()) for tp in tps)) if tps else set()
+        if tasks:
+            _, left = await asyncio.wait(tasks, timeout=timeout_s)
+            if left:
+                log.warning(
+                    "grace period over; abandoning in-flight messages", extra={"count": len(left)}
+                )
+
+    async def _drain_and_commit(self) -> None:
+        """On shutdown: finish what is in flight (up to the grace period), then commit."""
+        self._stopping = True
+        await self._wait_for(set(self._tasks), self._limits.shutdown_grace_s)
+        leftover = [t for tasks in self._tasks.values() for t in tasks if not t.done()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+        await self._commit()
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Rebalance: let those partitions' work finish, commit it, then let them go."""
+        await self._wait_for(revoked, self._limits.shutdown_grace_s)
+        await self._commit(revoked)
+        for tp in revoked:
+            self._trackers.pop(tp, None)
+            self._tasks.pop(tp, None)
+        if revoked:
+            log.info("partitions revoked", extra={"partitions": _names(revoked)})
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Rebalance: start fresh records for the new partitions."""
+        for tp in assigned:
+            self._trackers.setdefault(tp, PartitionOffsets())
+        self._assigned_once = True
+        self._health.ready = True
+        self._health.reason = f"{len(self._consumer.assignment())} partitions assigned"
+        log.info("partitions assigned", extra={"partitions": _names(assigned)})
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._pipeline.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._pipeline.on_assigned(set(assigned))
+
+
+def _where(source: Source) -> dict[str, Any]:
+    return {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)

@@ -1,0 +1,117 @@
+"""Retry policy: which failures are tried again, how long to wait, and when to give up.
+
+Backoff is exponential with full jitter, at least the server's retry-after. Auth failures
+and 429s are not the message's fault, so they never use up its attempts: the message waits
+(holding back its partition's commit) until the account works again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from worker.cloudflare.models import Detections
+from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many attempts a message gets and how long to wait between them."""
+
+    max_attempts: int = 5
+    base_s: float = 0.5
+    cap_s: float = 60.0
+
+    def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return max(backoff, retry_after_s or 0.0)
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What the DLQ record says about the tries of one message."""
+
+    count: int = 0
+    first_at: str | None = None
+    last_at: str | None = None
+    last_status: int | None = None
+    last_codes: tuple[int, ...] = ()
+
+    def record(self, error: ApiError | None) -> None:
+        """Note one attempt and, if it failed, how."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.count += 1
+        self.first_at = self.first_at or now
+        self.last_at = now
+        self.last_status = 200 if error is None else error.status
+        self.last_codes = () if error is None else error.codes
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Detections, or the final error and the attempts that led to it."""
+
+    detections: Detections | None = None
+    error: ApiError | None = None
+    attempts: Attempts = field(default_factory=Attempts)
+
+
+async def fetch_with_retry(
+    fetch: Callable[[], Awaitable[Detections]],
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[str], None] = lambda reason: None,
+    auth_log_interval_s: float = 60.0,
+) -> Outcome:
+    """Call ``fetch`` until it succeeds, fails for good, or runs out of attempts."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    outcome = Outcome()
+    counted = 0
+    last_auth_log = -auth_log_interval_s
+    while True:
+        try:
+            outcome.detections = await fetch()
+        except ApiError as exc:
+            outcome.attempts.record(exc)
+            if not exc.retriable:
+                outcome.error = exc
+                return outcome
+            if isinstance(exc, AuthError):
+                on_retry("auth")
+                if time.monotonic() - last_auth_log >= auth_log_interval_s:
+                    last_auth_log = time.monotonic()
+                    log.error(
+                        "Cloudflare refused the credentials; holding messages",
+                        extra={"status": exc.status, "codes": list(exc.codes)},
+                    )
+                await sleep(policy.cap_s)
+                continue
+            retry_after = exc.retry_after_s if isinstance(exc, TransientApiError) else None
+            if not isinstance(exc, RateLimitedError):
+                counted += 1
+                if counted >= policy.max_attempts:
+                    outcome.error = exc
+                    return outcome
+            on_retry("rate_limited" if isinstance(exc, RateLimitedError) else _reason(exc))
+            await sleep(policy.delay(counted or 1, retry_after, rng))
+        else:
+            outcome.attempts.record(None)
+            return outcome
+
+
+def _reason(exc: ApiError) -> str:
+    if exc.status is None:
+        return "transport"
+    return "http_5xx" if exc.status >= 500 else f"http_{exc.status}"
