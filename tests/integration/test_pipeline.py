@@ -1,0 +1,170 @@
+"""The whole line on the real broker and the simulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import (
+    ACCOUNT,
+    SimulatorFactory,
+    TopicReader,
+    Topics,
+    make_settings,
+    produce,
+    read_all,
+    wait_for,
+)
+from worker.kafka import committed_offsets, end_offsets
+from worker.service import run_worker
+from worker.simulator import catalog_id
+
+SEED = 1
+
+
+async def test_ids_in_events_out_bad_input_to_dlq(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+) -> None:
+    api = await start_simulator(seed=SEED)
+    good = [catalog_id(SEED, i) for i in range(150)]
+    values: list[bytes | None] = []
+    for i, investigate_id in enumerate(good):
+        if i % 3 == 0:
+            values.append(investigate_id.encode())
+        else:
+            doc = {"investigate_id": investigate_id, "context": {"case": i, "tags": ["a", None]}}
+            if i % 3 == 2:
+                doc["account_id"] = ACCOUNT
+            values.append(orjson.dumps(doc))
+    bad: dict[bytes | None, str] = {
+        b"": "empty",
+        b"   \n": "empty",
+        b"\xff\xfe\x00": "undecodable",
+        b'{"investigate_id": ': "malformed_json",
+        b"[1, 2]": "wrong_type",
+        b'{"context": {}}': "missing_id",
+        b"../../zones": "invalid_id",
+        b"a/b": "invalid_id",
+        b'{"investigate_id": "x", "account_id": "nope"}': "invalid_account_id",
+        b"no-such-id-in-the-catalog": "not_found",
+        None: "tombstone",
+    }
+    # Bad messages are spread between good ones so that they must not stop the line.
+    to_place = list(bad)
+    mixed: list[bytes | None] = []
+    for i, value in enumerate(values):
+        mixed.append(value)
+        if i % 13 == 0 and to_place:
+            mixed.append(to_place.pop())
+    mixed.extend(to_place)
+    await produce(bootstrap, topics.input, mixed)
+
+    registry = CollectorRegistry()
+    settings = make_settings(bootstrap, topics, api.base_url)
+    stats = await run_worker(settings, burst=True, registry=registry)
+
+    assert stats.consumed == len(mixed)
+    assert stats.produced == len(good)
+    assert stats.dlq == len(bad)
+    records = await read_all(bootstrap, topics.output, len(good))
+    events = [orjson.loads(r.value) for r in records]
+    assert sorted(e["investigate_id"] for e in events) == sorted(good)
+    for record, event in zip(records, events, strict=True):
+        assert record.key == event["investigate_id"].encode()
+        index = good.index(event["investigate_id"])
+        expected_context = None if index % 3 == 0 else {"case": index, "tags": ["a", None]}
+        assert event["context"] == expected_context
+        assert event["account_id"] == ACCOUNT
+        assert event["source"]["topic"] == topics.input
+
+    dlq = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq, len(bad))]
+    by_value = {
+        None if d["original_value_b64"] is None else base64.b64decode(d["original_value_b64"]): d
+        for d in dlq
+    }
+    assert {value: d["reason"] for value, d in by_value.items()} == bad
+    assert by_value[b"no-such-id-in-the-catalog"]["last_http_status"] == 404
+    assert by_value[b"no-such-id-in-the-catalog"]["last_error_codes"] == [7003]
+
+    ends = await end_offsets(bootstrap, topics.input)
+    assert await committed_offsets(bootstrap, topics.group, topics.input) == ends
+    assert registry.get_sample_value("enrich_messages_consumed_total") == len(mixed)
+    assert registry.get_sample_value("enrich_events_produced_total") == len(good)
+    assert registry.get_sample_value("enrich_dlq_records_total", {"reason": "empty"}) == 2
+    assert registry.get_sample_value("enrich_api_requests_total", {"status": "200"}) == len(good)
+    assert registry.get_sample_value("enrich_api_requests_total", {"status": "404"}) == 1
+
+
+async def test_restart_after_commit_processes_nothing_twice(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+) -> None:
+    api = await start_simulator(seed=SEED)
+    settings = make_settings(bootstrap, topics, api.base_url)
+    first = [catalog_id(SEED, i) for i in range(60)]
+    await produce(bootstrap, topics.input, (i.encode() for i in first))
+
+    assert (await run_worker(settings, burst=True)).produced == 60
+    calls_after_first_run = api.sim.stats()["requests_total"]
+
+    again = await run_worker(settings, burst=True)
+    assert again.consumed == 0
+    assert api.sim.stats()["requests_total"] == calls_after_first_run
+
+    more = [catalog_id(SEED, i) for i in range(60, 90)]
+    await produce(bootstrap, topics.input, (i.encode() for i in more))
+    third = await run_worker(settings, burst=True)
+    assert third.consumed == 30
+
+    events = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output, 90)]
+    ids = [e["investigate_id"] for e in events]
+    assert len(ids) == 90
+    assert sorted(ids) == sorted(first + more)
+
+
+@pytest.mark.partitions(1)
+async def test_commit_never_passes_an_unfinished_message(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+) -> None:
+    """Answers come back in reverse order; the commit must wait for the first one."""
+    count = 20
+    ids = [catalog_id(SEED, i) for i in range(count)]
+    # The first message is answered last, the last one first.
+    latency = {investigate_id: 0.15 * (count - i) for i, investigate_id in enumerate(ids)}
+    api = await start_simulator(seed=SEED, latency_by_id=latency)
+    await produce(bootstrap, topics.input, (i.encode() for i in ids), partition=0)
+    settings = make_settings(
+        bootstrap, topics, api.base_url, cloudflare={"max_in_flight": count}
+    )
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    seen: set[str] = set()
+    committed_while_first_pending: list[int] = []
+    samples = 0
+    async with TopicReader(bootstrap, topics.output) as output:
+        while len(seen) < count or not committed_while_first_pending:
+            assert not worker.done(), "the worker stopped early"
+            # Read the commit first: everything below it must already be in the output.
+            committed = (await committed_offsets(bootstrap, topics.group, topics.input)).get(0, 0)
+            await output.poll(timeout_ms=50)
+            seen = {orjson.loads(r.value)["investigate_id"] for r in output.records}
+            assert set(ids[:committed]) <= seen, f"commit {committed} passed an unfinished message"
+            if ids[0] not in seen and len(seen) > count // 2:
+                committed_while_first_pending.append(committed)
+            samples += 1
+            assert samples < 2_000, "no progress"
+    # Out-of-order completion happened, and the commit held at the first message.
+    assert committed_while_first_pending
+    assert set(committed_while_first_pending) == {0}
+
+    async def fully_committed() -> bool:
+        return (await committed_offsets(bootstrap, topics.group, topics.input)).get(0) == count
+
+    await wait_for(fully_committed, what="the commit to reach the end")
+    stop.set()
+    stats = await worker
+    assert stats.produced == count
