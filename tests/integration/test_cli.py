@@ -42,11 +42,19 @@ def _env(base_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-async def _cli(*args: str, env: dict[str, str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+async def _cli(
+    *args: str, env: dict[str, str], stdin: bytes | None = None
+) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args,
-        env=env, cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
     assert proc.returncode is not None
@@ -110,8 +118,14 @@ async def test_run_serves_metrics_and_exits_0_on_sigterm_with_everything_committ
         ENRICH_PIPELINE__COMMIT_INTERVAL_S="0.2",
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -168,8 +182,16 @@ async def test_kcat_reads_the_events_back(
     await run_worker(make_settings(bootstrap, topics, api.base_url), burst=True)
     await read_all(bootstrap, topics.output, len(ids))
     proc = await asyncio.create_subprocess_exec(
-        kcat, "-C", "-b", bootstrap, "-t", topics.output, "-e", "-q",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        kcat,
+        "-C",
+        "-b",
+        bootstrap,
+        "-t",
+        topics.output,
+        "-e",
+        "-q",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()

@@ -136,9 +136,7 @@ async def test_commit_never_passes_an_unfinished_message(
     latency = {investigate_id: 0.15 * (count - i) for i, investigate_id in enumerate(ids)}
     api = await start_simulator(seed=SEED, latency_by_id=latency)
     await produce(bootstrap, topics.input, (i.encode() for i in ids), partition=0)
-    settings = make_settings(
-        bootstrap, topics, api.base_url, cloudflare={"max_in_flight": count}
-    )
+    settings = make_settings(bootstrap, topics, api.base_url, cloudflare={"max_in_flight": count})
 
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
