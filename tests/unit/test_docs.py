@@ -19,7 +19,8 @@ def _settings_fields() -> list[tuple[str, str, object]]:
     fields = []
     for section, info in Settings.model_fields.items():
         model = info.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
         for name, field in model.model_fields.items():
             fields.append((section, name, field.default))
     return fields
@@ -60,9 +61,9 @@ def _dlq_reasons() -> set[str]:
         reasons |= set(re.findall(r'InputError\(\s*"([a-z_]+)"', path.read_text()))
         reasons |= set(re.findall(r'_send_dlq\(\s*"([a-z_]+)"', path.read_text()))
     for value in vars(errors).values():
-        if isinstance(value, type) and issubclass(value, errors.ApiError):
-            if value is not errors.ApiError and not issubclass(value, errors.AuthError):
-                reasons.add(value.reason)
+        is_api_error = isinstance(value, type) and issubclass(value, errors.ApiError)
+        if is_api_error and value is not errors.ApiError and not issubclass(value, errors.AuthError):
+            reasons.add(value.reason)
     return reasons
 
 
