@@ -140,29 +140,41 @@ async def test_commit_never_passes_an_unfinished_message(
 
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        committed_while_first_pending = await _watch_commits(bootstrap, topics, ids, worker)
+        # Out-of-order completion happened, and the commit held at the first message.
+        assert committed_while_first_pending
+        assert set(committed_while_first_pending) == {0}
+
+        async def fully_committed() -> bool:
+            return (await committed_offsets(bootstrap, topics.group, topics.input)).get(0) == count
+
+        await wait_for(fully_committed, what="the commit to reach the end")
+    finally:
+        stop.set()
+        stats = await worker
+    assert stats.produced == count
+
+
+async def _watch_commits(
+    bootstrap: str, topics: Topics, ids: list[str], worker: asyncio.Task[object]
+) -> list[int]:
+    """Sample the committed offset until every event is out; check each sample.
+
+    The commit is read before the output, so every id below it must already be visible.
+    Returns the commits seen while the first message was unfinished and most others done.
+    """
     seen: set[str] = set()
-    committed_while_first_pending: list[int] = []
-    samples = 0
+    held: list[int] = []
     async with TopicReader(bootstrap, topics.output) as output:
-        while len(seen) < count or not committed_while_first_pending:
+        for _ in range(2_000):
+            if len(seen) == len(ids) and held:
+                return held
             assert not worker.done(), "the worker stopped early"
-            # Read the commit first: everything below it must already be in the output.
             committed = (await committed_offsets(bootstrap, topics.group, topics.input)).get(0, 0)
             await output.poll(timeout_ms=50)
             seen = {orjson.loads(r.value)["investigate_id"] for r in output.records}
             assert set(ids[:committed]) <= seen, f"commit {committed} passed an unfinished message"
-            if ids[0] not in seen and len(seen) > count // 2:
-                committed_while_first_pending.append(committed)
-            samples += 1
-            assert samples < 2_000, "no progress"
-    # Out-of-order completion happened, and the commit held at the first message.
-    assert committed_while_first_pending
-    assert set(committed_while_first_pending) == {0}
-
-    async def fully_committed() -> bool:
-        return (await committed_offsets(bootstrap, topics.group, topics.input)).get(0) == count
-
-    await wait_for(fully_committed, what="the commit to reach the end")
-    stop.set()
-    stats = await worker
-    assert stats.produced == count
+            if ids[0] not in seen and len(seen) > len(ids) // 2:
+                held.append(committed)
+    raise AssertionError(f"no progress: {len(seen)} of {len(ids)} events seen")
