@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly how many tests ran against the real broker (they are never skipped)."""
+    ran = {
+        outcome: sum(
+            1 for r in terminalreporter.stats.get(outcome, []) if "integration" in r.keywords
+        )
+        for outcome in ("passed", "failed", "skipped")
+    }
+    if any(ran.values()):
+        terminalreporter.write_line(
+            f"integration tests on the real Kafka broker at {BOOTSTRAP}: "
+            f"{ran['passed']} passed, {ran['failed']} failed, {ran['skipped']} skipped"
+        )
+
+
 @pytest.fixture(scope="session")
 def bootstrap() -> str:
     """The address of a ready local broker; fails (never skips) when there is none."""

@@ -83,6 +83,19 @@ async def test_enrich_one_shot_keeps_input_order_and_reports_failures(
     ]
 
 
+async def test_enrich_with_the_legacy_email_and_key(start_simulator: SimulatorFactory) -> None:
+    api = await start_simulator(seed=SEED, auth_email="soc@example.com", auth_key="k" * 37)
+    env = _env(api.base_url)
+    del env["ENRICH_CLOUDFLARE__API_TOKEN"]
+    env.update(
+        ENRICH_CLOUDFLARE__AUTH_EMAIL="soc@example.com", ENRICH_CLOUDFLARE__AUTH_KEY="k" * 37
+    )
+    code, out, err = await _cli("enrich", catalog_id(SEED, 5), env=env)
+    assert code == 0, err.decode()
+    assert orjson.loads(out)["investigate_id"] == catalog_id(SEED, 5)
+    assert b"k" * 37 not in err
+
+
 async def test_enrich_without_credentials_names_the_fix(start_simulator: SimulatorFactory) -> None:
     api = await start_simulator(seed=SEED)
     env = _env(api.base_url)
