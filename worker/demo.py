@@ -58,6 +58,14 @@ async def run_demo(settings: Settings, *, count: int, out: TextIO) -> int:
         out.write(
             f"demo: fed {count} ids to {kafka.input_topic}; simulator on {cloudflare.base_url}\n"
         )
+        budget = cloudflare.effective_budget
+        if count > budget:
+            windows = -(-count // budget) - 1
+            out.write(
+                f"demo: the rate budget allows {budget} calls per {cloudflare.budget_window_s:.0f} s "
+                f"(as Cloudflare would), so this takes about {windows * cloudflare.budget_window_s / 60:.0f} "
+                "min; the simulator has no limit, so ENRICH_CLOUDFLARE__BUDGET_CALLS can be raised\n"
+            )
         if settings.metrics.enabled:
             out.write(
                 f"demo: metrics at http://{settings.metrics.host}:{settings.metrics.port}/metrics "

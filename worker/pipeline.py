@@ -234,7 +234,7 @@ class Pipeline:
             return
         self._metrics.produced.inc()
         self._metrics.dispositions.labels(
-            disposition=outcome.detections.final_disposition or "none"
+            disposition=outcome.detections.final_disposition or "absent"
         ).inc()
         self.stats.produced += 1
 

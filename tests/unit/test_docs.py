@@ -62,7 +62,11 @@ def _dlq_reasons() -> set[str]:
         reasons |= set(re.findall(r'_send_dlq\(\s*"([a-z_]+)"', path.read_text()))
     for value in vars(errors).values():
         is_api_error = isinstance(value, type) and issubclass(value, errors.ApiError)
-        if is_api_error and value is not errors.ApiError and not issubclass(value, errors.AuthError):
+        if (
+            is_api_error
+            and value is not errors.ApiError
+            and not issubclass(value, errors.AuthError)
+        ):
             reasons.add(value.reason)
     return reasons
 
