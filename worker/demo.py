@@ -58,13 +58,13 @@ async def run_demo(settings: Settings, *, count: int, out: TextIO) -> int:
         out.write(
             f"demo: fed {count} ids to {kafka.input_topic}; simulator on {cloudflare.base_url}\n"
         )
-        budget = cloudflare.effective_budget
+        budget, window_s = cloudflare.effective_budget, cloudflare.budget_window_s
         if count > budget:
-            windows = -(-count // budget) - 1
+            minutes = (-(-count // budget) - 1) * window_s / 60
             out.write(
-                f"demo: the rate budget allows {budget} calls per {cloudflare.budget_window_s:.0f} s "
-                f"(as Cloudflare would), so this takes about {windows * cloudflare.budget_window_s / 60:.0f} "
-                "min; the simulator has no limit, so ENRICH_CLOUDFLARE__BUDGET_CALLS can be raised\n"
+                f"demo: the rate budget allows {budget} calls per {window_s:.0f} s, as "
+                f"Cloudflare would, so this takes about {minutes:.0f} min; the simulator has "
+                "no limit, so ENRICH_CLOUDFLARE__BUDGET_CALLS may be raised for a faster demo\n"
             )
         if settings.metrics.enabled:
             out.write(
