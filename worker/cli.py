@@ -139,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from worker.demo import run_demo
 
+            # A broker that just started answers the first requests with transient errors
+            # that aiokafka logs and retries; the demo checks its own result instead.
+            if settings.log.level != "DEBUG":
+                logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
             return asyncio.run(run_demo(settings, count=args.count, out=sys.stdout))
     except ConfigError as exc:
         print(f"enrich-worker: {exc}", file=sys.stderr)
