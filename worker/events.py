@@ -198,6 +198,7 @@ def _decode(value: str | None) -> str | None:
     if value is None or "=?" not in value:
         return value
     try:
-        return str(make_header(decode_header(value)))
+        decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         return value
+    return decoded or value  # a broken encoded word decodes to nothing: keep the raw text

@@ -20,8 +20,8 @@ MAX_ID_LENGTH = 256
 
 # Letters, digits and the punctuation seen in real ids (- : @ . _ + =). No '/', '\\', '%',
 # '?', '#', whitespace or control characters, so nothing can leave the path segment.
-_ID_CHARS = re.compile(r"^[A-Za-z0-9\-:@._+=]+$")
-_ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID_CHARS = re.compile(r"[A-Za-z0-9\-:@._+=]+")
+_ACCOUNT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +41,14 @@ def validate_investigate_id(value: object) -> str:
         raise InputError("invalid_id", "investigate_id is empty")
     if len(value) > MAX_ID_LENGTH:
         raise InputError("invalid_id", f"investigate_id is {len(value)} chars, max {MAX_ID_LENGTH}")
-    if value in (".", "..") or not _ID_CHARS.match(value):
+    if value in (".", "..") or not _ID_CHARS.fullmatch(value):
         raise InputError("invalid_id", f"investigate_id {_preview(value)} has forbidden characters")
     return value
 
 
 def validate_account_id(value: object) -> str:
     """Return the account id if it is 32 lowercase hex characters, else raise InputError."""
-    if not isinstance(value, str) or not _ACCOUNT_ID.match(value):
+    if not isinstance(value, str) or not _ACCOUNT_ID.fullmatch(value):
         raise InputError("invalid_account_id", "account_id must be 32 lowercase hex characters")
     return value
 

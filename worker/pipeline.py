@@ -46,6 +46,16 @@ class RunStats:
     dlq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """One input message, as the DLQ record needs to keep it."""
+
+    source: Source
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
 class _EventTooLarge(Exception):
     """The broker refused the event for its size; it goes to the DLQ instead."""
 
@@ -147,44 +157,41 @@ class Pipeline:
     async def _handle(
         self, tp: TopicPartition, tracker: PartitionOffsets, record: ConsumerRecord[Any, Any]
     ) -> None:
-        source = Source(tp.topic, tp.partition, record.offset)
-        value: bytes | None = record.value
-        key: bytes | None = record.key
+        message = _Inbound(
+            Source(tp.topic, tp.partition, record.offset),
+            record.key,
+            record.value,
+            record.timestamp,
+        )
         try:
-            await self._process(source, key, value, record.timestamp)
+            await self._process(message)
             tracker.done(record.offset)
         except asyncio.CancelledError:
             raise  # not done, so not committed: it is processed again after a restart
         except Exception:  # the outermost handler of a message: never let a bug stop the line
-            log.exception("unexpected error handling a message", extra=_where(source))
+            log.exception("unexpected error handling a message", extra=_where(message.source))
             try:
-                await self._send_dlq(
-                    "internal_error",
-                    "unexpected error in the worker",
-                    source,
-                    key,
-                    value,
-                    record.timestamp,
-                )
+                await self._send_dlq(message, "internal_error", "unexpected error in the worker")
                 tracker.done(record.offset)
             except Exception:  # the DLQ is unreachable too: leave the offset uncommitted
-                log.exception("cannot write the DLQ record; offset held", extra=_where(source))
+                log.exception(
+                    "cannot write the DLQ record; offset held", extra=_where(message.source)
+                )
         finally:
             self._pending -= 1
             self._metrics.pending.set(self._pending)
 
-    async def _process(
-        self, source: Source, key: bytes | None, value: bytes | None, timestamp_ms: int
-    ) -> None:
+    async def _process(self, message: _Inbound) -> None:
+        where = _where(message.source)
         try:
             request = parse_message(
-                value,
+                message.value,
                 default_account_id=self._settings.cloudflare.account_id,
                 max_bytes=self._limits.max_message_bytes,
             )
         except InputError as exc:
-            log.warning("bad input message to DLQ", extra={**_where(source), "reason": exc.reason})
-            await self._send_dlq(exc.reason, exc.detail, source, key, value, timestamp_ms)
+            log.warning("bad input message to DLQ", extra={**where, "reason": exc.reason})
+            await self._send_dlq(message, exc.reason, exc.detail)
             return
         outcome = await self._enricher.enrich(request)
         if outcome.detections is None:
@@ -193,19 +200,16 @@ class Pipeline:
             log.warning(
                 "enrichment failed; DLQ",
                 extra={
-                    **_where(source),
+                    **where,
                     "investigate_id": request.investigate_id,
                     "reason": error.reason,
                     "status": error.status,
                 },
             )
             await self._send_dlq(
+                message,
                 error.reason,
                 error.detail,
-                source,
-                key,
-                value,
-                timestamp_ms,
                 investigate_id=request.investigate_id,
                 attempts=outcome.attempts,
             )
@@ -213,7 +217,7 @@ class Pipeline:
         event = build_event(
             outcome.detections,
             request,
-            source,
+            message.source,
             on_unknown=lambda field, _: self._metrics.unknown_values.labels(field=field).inc(),
         )
         try:
@@ -222,12 +226,9 @@ class Pipeline:
             )
         except _EventTooLarge as exc:
             await self._send_dlq(
+                message,
                 "event_too_large",
                 str(exc),
-                source,
-                key,
-                value,
-                timestamp_ms,
                 investigate_id=request.investigate_id,
                 attempts=outcome.attempts,
             )
@@ -240,12 +241,9 @@ class Pipeline:
 
     async def _send_dlq(
         self,
+        message: _Inbound,
         reason: str,
         detail: str,
-        source: Source,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp_ms: int | None,
         *,
         investigate_id: str | None = None,
         attempts: Attempts | None = None,
@@ -253,14 +251,14 @@ class Pipeline:
         record = build_dlq_record(
             reason=reason,
             detail=detail,
-            source=source,
-            key=key,
-            value=value,
-            timestamp_ms=timestamp_ms,
+            source=message.source,
+            key=message.key,
+            value=message.value,
+            timestamp_ms=message.timestamp_ms,
             investigate_id=investigate_id,
             attempts=attempts,
         )
-        await self._produce(self._kafka.dlq_topic, key, orjson.dumps(record))
+        await self._produce(self._kafka.dlq_topic, message.key, orjson.dumps(record))
         self._metrics.dlq.labels(reason=reason).inc()
         self.stats.dlq += 1
 

@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +31,7 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "ENRICH_"
 CONFIG_FILE_ENV = "ENRICH_CONFIG_FILE"
-_ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+_ACCOUNT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class _Section(BaseModel):
@@ -80,10 +88,15 @@ class CloudflareSettings(_Section):
                     raise ValueError(f"cannot read {name}_file {path}: {exc.strerror}") from None
         return data
 
+    @field_validator("account_id")
+    @classmethod
+    def _check_account_id(cls, value: str | None) -> str | None:
+        if value is not None and not _ACCOUNT_ID.fullmatch(value):
+            raise ValueError("must be 32 lowercase hex characters")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> CloudflareSettings:
-        if self.account_id is not None and not _ACCOUNT_ID.match(self.account_id):
-            raise ValueError("account_id must be 32 lowercase hex characters")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with https:// (or http:// for the simulator)")
         if self.api_token is None and (self.auth_email is None) != (self.auth_key is None):

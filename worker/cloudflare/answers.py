@@ -53,7 +53,7 @@ def parse_answer(
         raise AuthError(detail, status=status, codes=code_list)
     if status == 404 or codes & NOT_FOUND_CODES:
         raise NotFoundError(detail, status=status, codes=code_list)
-    should_retry = headers.get("x-should-retry")
+    should_retry = (headers.get("x-should-retry") or "").lower()
     if status in (408, 409) or status >= 500 or (status >= 400 and should_retry == "true"):
         raise TransientApiError(
             detail,
@@ -88,7 +88,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value).timestamp()

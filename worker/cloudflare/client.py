@@ -91,7 +91,7 @@ class DetectionsClient:
             except httpx.TimeoutException as exc:
                 self._metrics.api_requests.labels(status="timeout").inc()
                 raise TransientApiError(f"timeout: {type(exc).__name__}") from None
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:  # transport errors, undecodable bodies
                 self._metrics.api_requests.labels(status="transport_error").inc()
                 raise TransientApiError(f"transport error: {type(exc).__name__}") from None
             finally:
@@ -107,7 +107,8 @@ class DetectionsClient:
             )
         except RateLimitedError as exc:
             # The whole account is blocked: hold every call, not only this one.
-            self._budget.block_for(exc.retry_after_s or self._default_retry_after_s)
+            wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
+            self._budget.block_for(max(1.0, wait))
             raise
 
 

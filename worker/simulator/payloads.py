@@ -62,7 +62,7 @@ _SUBJECTS = [
     "Invoice #{n} overdue",
     "Your mailbox is almost full",
     "Re: contract for Q{q}",
-    "=?utf-8?B?w5xiZXJ3ZWlzdW5nIGJlc3TDpHRpZ3Vu?=",
+    "=?utf-8?B?w5xiZXJ3ZWlzdW5nIGJlc3TDpHRpZ2Vu?=",
     "=?iso-8859-1?Q?R=E9sum=E9_attached?=",
     "Shared document: Payroll {n}.xlsx",
     "Zahlungserinnerung \u2013 bitte prüfen",

@@ -1,0 +1,144 @@
+"""worker.budget.Budget on a fake clock: the sliding-window limit and the 429 lockout.
+
+The clock and sleep are injected (see conftest.FakeClock), so the tests run instantly:
+time only moves when the budget awaits its sleep. The invariant checked from the recorded
+acquisition times is that no window of ``window_s`` seconds ever holds more than ``calls``
+acquisitions, however many coroutines compete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from worker.budget import Budget
+
+# A budget that stops making progress would spin on the fake clock: fail fast instead.
+pytestmark = pytest.mark.timeout(10)
+
+
+def make(clock: Any, *, calls: int, window_s: float) -> Budget:
+    return Budget(calls=calls, window_s=window_s, clock=clock, sleep=clock.sleep)
+
+
+async def acquire_all(budget: Budget, clock: Any, n: int) -> list[float]:
+    """Start n acquirers at once; return the clock time at which each one got through."""
+    stamps: list[float] = []
+
+    async def one() -> None:
+        await budget.acquire()
+        stamps.append(clock.now)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return stamps
+
+
+def assert_window_respected(stamps: list[float], calls: int, window_s: float) -> None:
+    ordered = sorted(stamps)
+    for i in range(len(ordered) - calls):
+        assert ordered[i + calls] - ordered[i] >= window_s, (i, ordered[i], ordered[i + calls])
+
+
+@pytest.mark.parametrize("window_s", [60, 0.5])
+async def test_concurrent_acquirers_never_exceed_the_window(clock: Any, window_s: float) -> None:
+    budget = make(clock, calls=10, window_s=window_s)
+    stamps = await acquire_all(budget, clock, 50)
+    assert len(stamps) == 50
+    assert_window_respected(stamps, 10, window_s)
+    # ...and it is not slower than needed: 10 per window, the last batch at 4 windows.
+    assert sorted(stamps) == [window_s * (i // 10) for i in range(50)]
+
+
+async def test_staggered_arrivals_never_exceed_the_window(clock: Any) -> None:
+    rng = random.Random(7)
+    budget = make(clock, calls=5, window_s=10)
+    stamps: list[float] = []
+
+    async def one(arrival: float) -> None:
+        # Arrivals are binary fractions, so the clock arithmetic is exact.
+        while clock.now < arrival:
+            await clock.sleep(arrival - clock.now)
+        await budget.acquire()
+        stamps.append(clock.now)
+
+    arrivals = [rng.randrange(0, 160) / 4 for _ in range(40)]
+    await asyncio.gather(*(one(a) for a in arrivals))
+    assert len(stamps) == 40
+    assert_window_respected(stamps, 5, 10)
+
+
+async def test_acquire_returns_seconds_waited(clock: Any) -> None:
+    budget = make(clock, calls=2, window_s=30)
+    assert await budget.acquire() == 0
+    clock.now = 10
+    assert await budget.acquire() == 0
+    assert await budget.acquire() == 20  # the first call leaves the window at t=30
+    assert clock.now == 30
+
+
+async def test_call_leaves_window_exactly_after_window_s(clock: Any) -> None:
+    budget = make(clock, calls=1, window_s=60)
+    await budget.acquire()
+    clock.now = 59.75
+    assert budget.remaining() == 0
+    clock.now = 60
+    assert budget.remaining() == 1
+
+
+async def test_remaining(clock: Any) -> None:
+    budget = make(clock, calls=3, window_s=60)
+    assert budget.remaining() == 3
+    await budget.acquire()
+    clock.now = 20
+    await budget.acquire()
+    assert budget.remaining() == 1
+    clock.now = 60  # the first call expired
+    assert budget.remaining() == 2
+    clock.now = 80  # both expired
+    assert budget.remaining() == 3
+    assert clock.sleeps == []
+
+
+async def test_block_for_holds_every_acquirer_until_the_block_ends(clock: Any) -> None:
+    budget = make(clock, calls=100, window_s=60)
+    budget.block_for(300)
+    assert budget.blocked_for_s == 300
+    assert budget.remaining() == 100  # blocked is not the same as spent
+    stamps = await acquire_all(budget, clock, 20)
+    assert min(stamps) >= 300
+    assert budget.blocked_for_s == 0
+
+
+async def test_block_for_only_extends(clock: Any) -> None:
+    budget = make(clock, calls=10, window_s=60)
+    budget.block_for(100)
+    budget.block_for(10)
+    assert budget.blocked_for_s == 100
+    clock.now = 50
+    budget.block_for(100)
+    assert budget.blocked_for_s == 100  # now until 150
+    clock.now = 200
+    assert budget.blocked_for_s == 0
+
+
+async def test_block_that_arrives_while_waiting_for_the_window_is_honoured(clock: Any) -> None:
+    async def sleep_then_429(seconds: float) -> None:
+        # While this caller waits for the window, another call gets a 429 for 500 s.
+        if not clock.sleeps:
+            budget.block_for(500)
+        await clock.sleep(seconds)
+
+    budget = Budget(calls=1, window_s=60, clock=clock, sleep=sleep_then_429)
+    await budget.acquire()
+    waited = await budget.acquire()
+    assert clock.sleeps == [60, 440]  # woke for the window, then waited out the block
+    assert waited == clock.now == 500
+
+
+@pytest.mark.parametrize(("calls", "window_s"), [(0, 60), (-1, 60), (1, 0), (1, -5)])
+def test_invalid_budget(calls: int, window_s: float) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        Budget(calls=calls, window_s=window_s)
