@@ -55,6 +55,7 @@ simulate: $(STAMP) ## serve the Cloudflare API simulator on 127.0.0.1:18787
 	$(BIN)/enrich-worker simulate
 
 run-local: $(STAMP) broker ## run the worker against the local broker and simulator
+	$(BIN)/enrich-worker --config $(CONFIG) create-topics
 	$(BIN)/enrich-worker --config $(CONFIG) run
 
 clean: ## remove the venv and the local broker's data (the jar cache is kept)

@@ -109,6 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-ids", type=int, metavar="N", help="print the first N known ids and exit"
     )
 
+    sub.add_parser(
+        "check",
+        help="check the configuration, the topics and the API credentials, then exit",
+        description="Check that credentials are configured, that the three topics exist on "
+        "the broker, and (with cloudflare.account_id set) that the API accepts the "
+        "credentials, with one call for an id that does not exist (it uses one call of "
+        "the budget). Prints one line per check. Exit status: 0 all passed, 1 a check "
+        "failed, 2 configuration error.",
+    )
+
+    topics = sub.add_parser(
+        "create-topics",
+        help="create the input, output and DLQ topics if they do not exist",
+        description="Create kafka.input_topic and kafka.output_topic with --partitions "
+        "partitions and kafka.dlq_topic with one, if they do not exist yet (existing topics "
+        "are left as they are). For development and small clusters; production clusters "
+        "usually manage topics with their own tooling.",
+    )
+    topics.add_argument("--partitions", type=int, default=3, help="partitions (default 3)")
+    topics.add_argument(
+        "--replication-factor", type=int, default=1, help="replication factor (default 1)"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="simulator + local broker + worker on sample ids, then a summary",
@@ -134,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(level=settings.log.level, fmt=settings.log.format, stream=stream)
         if args.command == "run":
             return asyncio.run(_run(settings, burst=args.burst))
+        if args.command == "create-topics":
+            return asyncio.run(_create_topics(settings, args.partitions, args.replication_factor))
+        if args.command == "check":
+            return asyncio.run(_check(settings))
         if args.command == "enrich":
             return asyncio.run(_enrich(settings, args.ids, args.input))
         if args.command == "demo":
@@ -179,6 +206,28 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def _create_topics(settings: Settings, partitions: int, replication_factor: int) -> int:
+    from worker.kafka import ensure_topics
+
+    kafka = settings.kafka
+    wanted = {kafka.input_topic: partitions, kafka.output_topic: partitions, kafka.dlq_topic: 1}
+    created = await ensure_topics(
+        kafka.bootstrap_servers, wanted, replication_factor=replication_factor
+    )
+    for topic in wanted:
+        print(f"{topic}: {'created' if topic in created else 'exists'}")
+    return EXIT_OK
+
+
+async def _check(settings: Settings) -> int:
+    from worker.preflight import run_checks
+
+    results = await run_checks(settings)
+    for result in results:
+        print(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.detail}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
 async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -> int:

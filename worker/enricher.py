@@ -58,6 +58,7 @@ async def open_enricher(
             metrics=metrics,
             max_in_flight=settings.max_in_flight,
             default_retry_after_s=settings.default_retry_after_s,
+            auth_retry_s=settings.backoff_max_s,
         )
         policy = RetryPolicy(
             max_attempts=settings.max_attempts,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,13 +72,11 @@ async def fetch_with_retry(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     on_retry: Callable[[str], None] = lambda reason: None,
-    auth_log_interval_s: float = 60.0,
 ) -> Outcome:
     """Call ``fetch`` until it succeeds, fails for good, or runs out of attempts."""
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     outcome = Outcome()
     counted = 0
-    last_auth_log = -auth_log_interval_s
     while True:
         try:
             outcome.detections = await fetch()
@@ -89,13 +86,9 @@ async def fetch_with_retry(
                 outcome.error = exc
                 return outcome
             if isinstance(exc, AuthError):
+                # The client holds every call while the credentials are refused; this
+                # message waits its turn to try again, without using up its attempts.
                 on_retry("auth")
-                if time.monotonic() - last_auth_log >= auth_log_interval_s:
-                    last_auth_log = time.monotonic()
-                    log.error(
-                        "Cloudflare refused the credentials; holding messages",
-                        extra={"status": exc.status, "codes": list(exc.codes)},
-                    )
                 await sleep(policy.cap_s)
                 continue
             retry_after = exc.retry_after_s if isinstance(exc, TransientApiError) else None

@@ -16,6 +16,7 @@ from worker.httpserver import bound_port, serve
 from worker.kafka import build_consumer, build_producer
 from worker.observability import Health, Metrics, metrics_handler
 from worker.pipeline import Pipeline, RunStats
+from worker.preflight import require_topics
 from worker.settings import MetricsSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ async def run_worker(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> RunStats:
     """Run the pipeline until ``stop`` is set (or, with ``burst``, the input is drained)."""
+    await require_topics(settings.kafka)
     metrics = Metrics(registry or CollectorRegistry())
     health = Health()
     async with (

@@ -210,3 +210,40 @@ async def test_kcat_reads_the_events_back(
     assert proc.returncode == 0, err.decode()
     events = [orjson.loads(line) for line in out.splitlines() if line.strip()]
     assert sorted(e["investigate_id"] for e in events) == sorted(ids)
+
+
+async def test_create_topics_then_check_passes_and_run_refuses_missing_topics(
+    bootstrap: str, start_simulator: SimulatorFactory
+) -> None:
+    api = await start_simulator(seed=SEED)
+    tag = os.urandom(5).hex()
+    env = _env(
+        api.base_url,
+        ENRICH_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+        ENRICH_KAFKA__INPUT_TOPIC=f"c-{tag}-ids",
+        ENRICH_KAFKA__OUTPUT_TOPIC=f"c-{tag}-events",
+        ENRICH_KAFKA__DLQ_TOPIC=f"c-{tag}-dlq",
+        ENRICH_METRICS__ENABLED="false",
+    )
+    code, out, err = await _cli("run", env=env)
+    assert code == 2
+    assert f"c-{tag}-ids".encode() in err
+    assert b"do not exist" in err
+
+    code, out, _ = await _cli("check", env=env)
+    assert code == 1
+    assert b"FAIL kafka" in out
+
+    code, out, _ = await _cli("create-topics", "--partitions", "2", env=env)
+    assert code == 0
+    assert out.count(b": created") == 3
+
+    code, out, _ = await _cli("check", env=env)
+    assert code == 0, out.decode()
+    assert [line.split()[0] for line in out.splitlines()] == [b"ok", b"ok", b"ok"]
+
+    env["ENRICH_CLOUDFLARE__API_TOKEN"] = "not-the-token"
+    code, out, _ = await _cli("check", env=env)
+    assert code == 1
+    assert b"FAIL api" in out
+    assert b"not-the-token" not in out

@@ -353,13 +353,35 @@ async def test_429_blocks_the_shared_budget(
     assert clock.now == blocked
 
 
-async def test_non_429_errors_do_not_block_the_budget(clock: Any, metrics: Metrics) -> None:
+async def test_errors_about_one_message_do_not_block_the_budget(
+    clock: Any, metrics: Metrics
+) -> None:
     budget = Budget(calls=10, window_s=60, clock=clock, sleep=clock.sleep)
-    for status in (500, 403, 404):
+    for status in (500, 404, 400):
         with pytest.raises(ApiError):
             await call(lambda _, s=status: httpx.Response(s, content=body(1000)), budget, metrics)
     assert budget.blocked_for_s == 0
     assert budget.remaining() == 7
+
+
+async def test_refused_credentials_hold_every_call_and_log_once_per_interval(
+    clock: Any, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = Budget(calls=10, window_s=600, clock=clock, sleep=clock.sleep)
+    refused = lambda _: httpx.Response(403, content=body(10000))  # noqa: E731
+    with pytest.raises(AuthError):
+        await call(refused, budget, metrics)
+    assert budget.blocked_for_s == 60.0  # auth_retry_s: one probe per interval, not a storm
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refused)) as http:
+        client = make_client(http, budget, metrics)
+        for _ in range(3):  # each waits out the block, then fails again
+            with pytest.raises(AuthError):
+                await client.fetch(ACCOUNT, "abc")
+    assert clock.now == 180.0
+    refusals = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+    # One line from the first client, one for the second client's three failures: the log
+    # throttle runs on the real clock, and these three happened within a second of it.
+    assert len(refusals) == 2
 
 
 async def test_success_is_counted_by_status(registry: CollectorRegistry, metrics: Metrics) -> None:

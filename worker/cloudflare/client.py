@@ -7,6 +7,7 @@ Detections or an ApiError, so no httpx exception escapes it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -17,10 +18,12 @@ from pydantic import SecretStr
 from worker.budget import Budget
 from worker.cloudflare.answers import parse_answer
 from worker.cloudflare.models import Detections
-from worker.errors import RateLimitedError, TransientApiError
+from worker.errors import AuthError, RateLimitedError, TransientApiError
 from worker.inputs import validate_account_id, validate_investigate_id
 from worker.observability import Metrics
 from worker.settings import CloudflareSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class DetectionsClient:
         metrics: Metrics,
         max_in_flight: int,
         default_retry_after_s: float = 300.0,
+        auth_retry_s: float = 60.0,
     ) -> None:
         self._base_url = base_url
         self._http = http
@@ -76,6 +80,8 @@ class DetectionsClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._headers = {"accept": "application/json", **credentials.headers()}
         self._default_retry_after_s = default_retry_after_s
+        self._auth_retry_s = auth_retry_s
+        self._auth_logged_at = -auth_retry_s
 
     async def fetch(self, account_id: str, investigate_id: str) -> Detections:
         """One call. Returns the detections or raises an ApiError subclass."""
@@ -105,6 +111,19 @@ class DetectionsClient:
                 response.content,
                 default_retry_after_s=self._default_retry_after_s,
             )
+        except AuthError as exc:
+            # No call can succeed with these credentials: hold all of them for a while so
+            # that a bad token costs one probe per interval, not the whole budget.
+            self._budget.block_for(self._auth_retry_s)
+            now = time.monotonic()
+            if now - self._auth_logged_at >= self._auth_retry_s:
+                self._auth_logged_at = now
+                log.error(
+                    "Cloudflare refused the credentials; holding every message until they "
+                    "work (fix the token or its permission 'Cloud Email Security: Read')",
+                    extra={"status": exc.status, "codes": list(exc.codes)},
+                )
+            raise
         except RateLimitedError as exc:
             # The whole account is blocked: hold every call, not only this one.
             wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
