@@ -15,17 +15,35 @@ from worker.observability import Metrics
 from worker.retry import Outcome, RetryPolicy, Sleep, fetch_with_retry
 from worker.settings import CloudflareSettings
 
+HOLD_AUTH = "credentials_refused"
+HOLD_RATE_LIMIT = "rate_limited"
+
 
 class Enricher:
     """Fetches the detections of a request, with retries, under the shared budget."""
 
     def __init__(
-        self, *, client: DetectionsClient, policy: RetryPolicy, metrics: Metrics, sleep: Sleep
+        self,
+        *,
+        client: DetectionsClient,
+        budget: Budget,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        sleep: Sleep,
     ) -> None:
         self._client = client
+        self._budget = budget
         self._policy = policy
         self._metrics = metrics
         self._sleep = sleep
+
+    def hold_reason(self) -> str | None:
+        """Why every call is being held right now, or None when calls flow."""
+        if self._client.credentials_refused:
+            return HOLD_AUTH
+        if self._budget.blocked_for_s > 0:
+            return HOLD_RATE_LIMIT
+        return None
 
     async def enrich(self, request: EnrichRequest) -> Outcome:
         """Detections for the request, or the final error with the attempts made."""
@@ -65,4 +83,10 @@ async def open_enricher(
             base_s=settings.backoff_base_s,
             cap_s=settings.backoff_max_s,
         )
-        yield Enricher(client=client, policy=policy, metrics=metrics, sleep=sleep or asyncio.sleep)
+        yield Enricher(
+            client=client,
+            budget=budget,
+            policy=policy,
+            metrics=metrics,
+            sleep=sleep or asyncio.sleep,
+        )

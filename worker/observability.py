@@ -73,6 +73,16 @@ class Metrics:
             "Seconds calls spent waiting for the rate budget or a lockout.",
             registry=registry,
         )
+        self.lockout_active = Gauge(
+            "enrich_api_lockout_active",
+            "1 while Cloudflare's rate limit lockout (a 429) holds every call.",
+            registry=registry,
+        )
+        self.auth_refused = Gauge(
+            "enrich_api_credentials_refused",
+            "1 while Cloudflare refuses the credentials (401/403, 10000, 6003).",
+            registry=registry,
+        )
         self.pending = Gauge(
             "enrich_messages_pending",
             "Messages consumed whose output is not yet acknowledged.",

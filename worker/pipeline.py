@@ -21,7 +21,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.enricher import Enricher
+from worker.enricher import HOLD_AUTH, HOLD_RATE_LIMIT, Enricher
 from worker.errors import InputError
 from worker.events import Source, build_dlq_record, build_event
 from worker.inputs import parse_message
@@ -86,6 +86,7 @@ class Pipeline:
         self._pending = 0
         self._stopping = False
         self._assigned_once = False
+        self._hold: str | None = None
         self.stats = RunStats()
 
     async def run(self, *, stop: asyncio.Event | None = None, burst: bool = False) -> RunStats:
@@ -111,7 +112,10 @@ class Pipeline:
         next_caught_up_check = 0.0
         while not stop.is_set():
             self._health.beat()
-            room = self._limits.max_pending_messages - self._pending
+            hold = self._enricher.hold_reason()
+            if hold != self._hold:
+                self._hold_changed(hold)
+            room = 0 if hold else self._limits.max_pending_messages - self._pending
             self._apply_backpressure(room)
             batch = await self._consumer.getmany(
                 timeout_ms=_POLL_TIMEOUT_MS,
@@ -129,6 +133,28 @@ class Pipeline:
                 if await self._caught_up():
                     log.info("caught up with the input topic; stopping (burst mode)")
                     return
+
+    def _hold_changed(self, hold: str | None) -> None:
+        """Pause all input while no call can succeed; say so once, not per message."""
+        previous, self._hold = self._hold, hold
+        self._metrics.lockout_active.set(1 if hold == HOLD_RATE_LIMIT else 0)
+        self._metrics.auth_refused.set(1 if hold == HOLD_AUTH else 0)
+        if hold == HOLD_RATE_LIMIT:
+            log.warning("Cloudflare rate limit lockout: input paused until it ends")
+        elif hold == HOLD_AUTH:
+            log.error("Cloudflare refuses the credentials: input paused, readiness red")
+        else:
+            log.info("calls flow again: input resumed", extra={"after": previous})
+        self._update_readiness()
+
+    def _update_readiness(self) -> None:
+        # A lockout is Cloudflare's rule, not our fault: stay ready. Refused credentials
+        # need a person: report not ready so that the orchestrator and on-call see it.
+        if self._hold == HOLD_AUTH:
+            self._health.ready, self._health.reason = False, "Cloudflare refuses the credentials"
+        elif self._assigned_once:
+            self._health.ready = True
+            self._health.reason = f"{len(self._consumer.assignment())} partitions assigned"
 
     def _apply_backpressure(self, room: int) -> None:
         assignment = self._consumer.assignment()
@@ -348,8 +374,7 @@ class Pipeline:
         for tp in assigned:
             self._trackers.setdefault(tp, PartitionOffsets())
         self._assigned_once = True
-        self._health.ready = True
-        self._health.reason = f"{len(self._consumer.assignment())} partitions assigned"
+        self._update_readiness()
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
 

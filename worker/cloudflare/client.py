@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from worker.budget import Budget
 from worker.cloudflare.answers import parse_answer
 from worker.cloudflare.models import Detections
-from worker.errors import AuthError, RateLimitedError, TransientApiError
+from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
 from worker.inputs import validate_account_id, validate_investigate_id
 from worker.observability import Metrics
 from worker.settings import CloudflareSettings
@@ -82,6 +82,8 @@ class DetectionsClient:
         self._default_retry_after_s = default_retry_after_s
         self._auth_retry_s = auth_retry_s
         self._auth_logged_at = -auth_retry_s
+        self.credentials_refused = False
+        """True from a refused-credentials answer until any other answer arrives."""
 
     async def fetch(self, account_id: str, investigate_id: str) -> Detections:
         """One call. Returns the detections or raises an ApiError subclass."""
@@ -105,13 +107,14 @@ class DetectionsClient:
             self._metrics.api_latency.observe(time.perf_counter() - started)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
         try:
-            return parse_answer(
+            detections = parse_answer(
                 response.status_code,
                 response.headers,
                 response.content,
                 default_retry_after_s=self._default_retry_after_s,
             )
         except AuthError as exc:
+            self.credentials_refused = True
             # No call can succeed with these credentials: hold all of them for a while so
             # that a bad token costs one probe per interval, not the whole budget.
             self._budget.block_for(self._auth_retry_s)
@@ -125,10 +128,16 @@ class DetectionsClient:
                 )
             raise
         except RateLimitedError as exc:
+            self.credentials_refused = False
             # The whole account is blocked: hold every call, not only this one.
             wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
             self._budget.block_for(max(1.0, wait))
             raise
+        except ApiError:
+            self.credentials_refused = False
+            raise
+        self.credentials_refused = False
+        return detections
 
 
 def build_http_client(
