@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 
 from worker.budget import Budget
+from worker.cache import TtlCache
 from worker.cloudflare.client import Credentials, DetectionsClient, build_http_client
 from worker.inputs import EnrichRequest
 from worker.observability import Metrics
@@ -30,9 +31,14 @@ class Enricher:
         policy: RetryPolicy,
         metrics: Metrics,
         sleep: Sleep,
+        cache: TtlCache[tuple[str, str], Outcome] | None = None,
     ) -> None:
         self._client = client
         self._budget = budget
+        self._cache: TtlCache[tuple[str, str], Outcome] = (
+            TtlCache(ttl_s=0, max_entries=0) if cache is None else cache
+        )
+        self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
         self._policy = policy
         self._metrics = metrics
         self._sleep = sleep
@@ -46,7 +52,34 @@ class Enricher:
         return None
 
     async def enrich(self, request: EnrichRequest) -> Outcome:
-        """Detections for the request, or the final error with the attempts made."""
+        """Detections for the request, or the final error with the attempts made.
+
+        The budget is spent once per (account, id): a fresh cached answer is reused, and
+        concurrent requests for the same id share one call.
+        """
+        key = (request.account_id, request.investigate_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._metrics.cache_hits.labels(kind="cache").inc()
+            return cached
+        shared = self._in_flight.get(key)
+        if shared is not None:
+            self._metrics.cache_hits.labels(kind="shared").inc()
+            # Shielded: a joiner that is cancelled must not cancel the call it shares.
+            return await asyncio.shield(shared)
+        task = asyncio.ensure_future(self._fetch(request))
+        self._in_flight[key] = task
+        try:
+            outcome = await task
+        finally:
+            del self._in_flight[key]
+        # Successes and permanent answers (e.g. not found) are facts about the id; an
+        # exhausted retry is not, and is tried afresh next time.
+        if outcome.error is None or not outcome.error.retriable:
+            self._cache.put(key, outcome)
+        return outcome
+
+    async def _fetch(self, request: EnrichRequest) -> Outcome:
         return await fetch_with_retry(
             lambda: self._client.fetch(request.account_id, request.investigate_id),
             self._policy,
@@ -89,4 +122,5 @@ async def open_enricher(
             policy=policy,
             metrics=metrics,
             sleep=sleep or asyncio.sleep,
+            cache=TtlCache(ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries),
         )

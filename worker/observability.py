@@ -83,6 +83,12 @@ class Metrics:
             "1 while Cloudflare refuses the credentials (401/403, 10000, 6003).",
             registry=registry,
         )
+        self.cache_hits = Counter(
+            "enrich_cache_hits_total",
+            "API calls saved: answered from the cache, or shared with a concurrent call.",
+            ["kind"],
+            registry=registry,
+        )
         self.pending = Gauge(
             "enrich_messages_pending",
             "Messages consumed whose output is not yet acknowledged.",

@@ -72,6 +72,8 @@ class CloudflareSettings(_Section):
     budget_window_s: float = Field(default=300.0, gt=0)
     budget_safety: float = Field(default=0.9, gt=0, le=1)
     default_retry_after_s: float = Field(default=300.0, ge=0)
+    cache_ttl_s: float = Field(default=600.0, ge=0)
+    cache_max_entries: int = Field(default=50_000, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -178,3 +178,23 @@ async def _watch_commits(
             if ids[0] not in seen and len(seen) > len(ids) // 2:
                 held.append(committed)
     raise AssertionError(f"no progress: {len(seen)} of {len(ids)} events seen")
+
+
+async def test_repeated_ids_spend_the_budget_once(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+) -> None:
+    api = await start_simulator(seed=SEED)
+    unique = [catalog_id(SEED, i) for i in range(100)]
+    repeated = unique + unique[:30] + unique[10:25]  # 45 repeats, some concurrent
+    await produce(bootstrap, topics.input, (i.encode() for i in repeated))
+    registry = CollectorRegistry()
+    stats = await run_worker(
+        make_settings(bootstrap, topics, api.base_url), burst=True, registry=registry
+    )
+    assert stats.produced == len(repeated)  # every message still gets its event
+    assert api.sim.stats()["requests_total"] == len(unique)
+    saved = sum(
+        registry.get_sample_value("enrich_cache_hits_total", {"kind": kind}) or 0
+        for kind in ("cache", "shared")
+    )
+    assert saved == len(repeated) - len(unique)
