@@ -9,6 +9,7 @@ last ``window_s`` seconds; a 429 blocks every caller until the retry-after has p
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,25 @@ class Budget:
                 self._sent.append(now)
                 return now - started
             await self._sleep(self._sent[0] + self.window_s - now)
+
+    def observe_server_remaining(self, remaining: int, reset_s: float, *, reserve: int = 0) -> None:
+        """Tighten the budget when Cloudflare reports fewer calls left than we expect.
+
+        Other tools of the same user spend the same limit; the server's count (from the
+        ``Ratelimit`` header) knows about them, ours does not. ``reserve`` calls are left
+        for them. Placeholder send times make our window see the missing calls, expiring
+        when the server's window resets.
+        """
+        now = self._clock()
+        self._expire(now)
+        allowed = max(0, remaining - reserve)
+        missing = self.calls - len(self._sent) - allowed
+        if missing <= 0:
+            return
+        stamp = now + min(max(reset_s, 0.0), self.window_s) - self.window_s
+        index = bisect.bisect_right(self._sent, stamp)
+        for _ in range(missing):
+            self._sent.insert(index, stamp)
 
     def block_for(self, seconds: float) -> None:
         """Hold every call for ``seconds`` (a 429 means the whole account is blocked)."""

@@ -110,6 +110,7 @@ async def open_enricher(
             max_in_flight=settings.max_in_flight,
             default_retry_after_s=settings.default_retry_after_s,
             auth_retry_s=settings.backoff_max_s,
+            reserve=settings.budget_calls - settings.effective_budget,
         )
         policy = RetryPolicy(
             max_attempts=settings.max_attempts,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from worker.budget import Budget
+from worker.cloudflare.answers import parse_ratelimit
 
 # A budget that stops making progress would spin on the fake clock: fail fast instead.
 pytestmark = pytest.mark.timeout(10)
@@ -142,3 +143,42 @@ async def test_block_that_arrives_while_waiting_for_the_window_is_honoured(clock
 def test_invalid_budget(calls: int, window_s: float) -> None:
     with pytest.raises(ValueError, match="budget"):
         Budget(calls=calls, window_s=window_s)
+
+
+# --- the server's Ratelimit header tightens the budget -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ('"default";r=50;t=30', (50, 30.0)),
+        ("default;t=7;r=0", (0, 7.0)),
+        ('"burst";q=100;w=60', None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_ratelimit(header: str | None, parsed: tuple[int, float] | None) -> None:
+    assert parse_ratelimit(header) == parsed
+
+
+async def test_server_reporting_fewer_calls_left_tightens_the_budget(clock: Any) -> None:
+    budget = Budget(calls=100, window_s=300, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        await budget.acquire()
+    assert budget.remaining() == 90
+    # Another tool spent most of the user's limit: the server says 25 left for 40 s,
+    # and 5 of them are the reserve for others.
+    budget.observe_server_remaining(25, 40, reserve=5)
+    assert budget.remaining() == 20
+    for _ in range(20):
+        assert await budget.acquire() == 0
+    waited = await budget.acquire()  # the 21st waits for the server's window to reset
+    assert waited == pytest.approx(40)
+
+
+async def test_server_reporting_more_calls_left_changes_nothing(clock: Any) -> None:
+    budget = Budget(calls=100, window_s=300, clock=clock, sleep=clock.sleep)
+    await budget.acquire()
+    budget.observe_server_remaining(1000, 10)
+    assert budget.remaining() == 99

@@ -6,6 +6,7 @@ means for the message (DLQ), for a retry, or for the whole worker (auth, rate li
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -81,6 +82,21 @@ def parse_answer(
         raise InvalidResponseError(
             f"result.{where}: {first['msg']} ({exc.error_count()} problems)", status=status
         ) from None
+
+
+_RATELIMIT = re.compile(r"\br=(\d+).*?\bt=(\d+)|\bt=(\d+).*?\br=(\d+)")
+
+
+def parse_ratelimit(value: str | None) -> tuple[int, float] | None:
+    """(remaining, seconds to reset) from a ``Ratelimit: "default";r=50;t=30`` header."""
+    if not value:
+        return None
+    match = _RATELIMIT.search(value)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        return int(match.group(1)), float(match.group(2))
+    return int(match.group(4)), float(match.group(3))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

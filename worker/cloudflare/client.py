@@ -16,7 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from worker.budget import Budget
-from worker.cloudflare.answers import parse_answer
+from worker.cloudflare.answers import parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
 from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
 from worker.inputs import validate_account_id, validate_investigate_id
@@ -72,6 +72,7 @@ class DetectionsClient:
         max_in_flight: int,
         default_retry_after_s: float = 300.0,
         auth_retry_s: float = 60.0,
+        reserve: int = 0,
     ) -> None:
         self._base_url = base_url
         self._http = http
@@ -81,6 +82,7 @@ class DetectionsClient:
         self._headers = {"accept": "application/json", **credentials.headers()}
         self._default_retry_after_s = default_retry_after_s
         self._auth_retry_s = auth_retry_s
+        self._reserve = reserve
         self._auth_logged_at = -auth_retry_s
         self.credentials_refused = False
         """True from a refused-credentials answer until any other answer arrives."""
@@ -105,6 +107,9 @@ class DetectionsClient:
             finally:
                 self._metrics.api_in_flight.dec()
             self._metrics.api_latency.observe(time.perf_counter() - started)
+            server = parse_ratelimit(response.headers.get("ratelimit"))
+            if server is not None:
+                self._budget.observe_server_remaining(*server, reserve=self._reserve)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
         try:
             detections = parse_answer(
