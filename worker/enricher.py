@@ -111,6 +111,7 @@ async def open_enricher(
             default_retry_after_s=settings.default_retry_after_s,
             auth_retry_s=settings.backoff_max_s,
             reserve=settings.budget_calls - settings.effective_budget,
+            min_in_flight=settings.min_in_flight,
         )
         policy = RetryPolicy(
             max_attempts=settings.max_attempts,

@@ -62,6 +62,11 @@ class Metrics:
             "Cloudflare API calls currently in flight.",
             registry=registry,
         )
+        self.concurrency_limit = Gauge(
+            "enrich_api_concurrency_limit",
+            "Current adaptive bound on API calls in flight.",
+            registry=registry,
+        )
         self.retries = Counter(
             "enrich_retries_total",
             "Retried API attempts, by reason.",

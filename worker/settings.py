@@ -65,6 +65,7 @@ class CloudflareSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_in_flight: int = Field(default=16, ge=1, le=1_000)
+    min_in_flight: int = Field(default=2, ge=1, le=1_000)
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)

@@ -6,7 +6,6 @@ Detections or an ApiError, so no httpx exception escapes it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pydantic import SecretStr
 from worker.budget import Budget
 from worker.cloudflare.answers import parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
+from worker.concurrency import AdaptiveLimit
 from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
 from worker.inputs import validate_account_id, validate_investigate_id
 from worker.observability import Metrics
@@ -73,12 +73,17 @@ class DetectionsClient:
         default_retry_after_s: float = 300.0,
         auth_retry_s: float = 60.0,
         reserve: int = 0,
+        min_in_flight: int = 1,
     ) -> None:
         self._base_url = base_url
         self._http = http
         self._budget = budget
         self._metrics = metrics
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = AdaptiveLimit(
+            minimum=min(min_in_flight, max_in_flight),
+            maximum=max_in_flight,
+            on_change=metrics.concurrency_limit.set,
+        )
         self._headers = {"accept": "application/json", **credentials.headers()}
         self._default_retry_after_s = default_retry_after_s
         self._auth_retry_s = auth_retry_s
@@ -99,9 +104,11 @@ class DetectionsClient:
             try:
                 response = await self._http.get(url, headers=self._headers)
             except httpx.TimeoutException as exc:
+                self._slots.struggled()
                 self._metrics.api_requests.labels(status="timeout").inc()
                 raise TransientApiError(f"timeout: {type(exc).__name__}") from None
             except httpx.RequestError as exc:  # transport errors, undecodable bodies
+                self._slots.struggled()
                 self._metrics.api_requests.labels(status="transport_error").inc()
                 raise TransientApiError(f"transport error: {type(exc).__name__}") from None
             finally:
@@ -111,6 +118,10 @@ class DetectionsClient:
             if server is not None:
                 self._budget.observe_server_remaining(*server, reserve=self._reserve)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
+            if response.status_code >= 500 or response.status_code in (408, 429):
+                self._slots.struggled()
+            else:
+                self._slots.succeeded()
         try:
             detections = parse_answer(
                 response.status_code,
