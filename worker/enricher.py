@@ -117,6 +117,7 @@ async def open_enricher(
             max_attempts=settings.max_attempts,
             base_s=settings.backoff_base_s,
             cap_s=settings.backoff_max_s,
+            max_age_s=settings.max_retry_age_s,
         )
         yield Enricher(
             client=client,

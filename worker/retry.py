@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ class RetryPolicy:
     max_attempts: int = 5
     base_s: float = 0.5
     cap_s: float = 60.0
+    max_age_s: float = 900.0
 
     def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -72,11 +74,17 @@ async def fetch_with_retry(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     on_retry: Callable[[str], None] = lambda reason: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
-    """Call ``fetch`` until it succeeds, fails for good, or runs out of attempts."""
+    """Call ``fetch`` until it succeeds, fails for good, or runs out of attempts or time.
+
+    Only transient failures count against ``max_attempts``, and only the backoff after them
+    against ``max_age_s``; time held by a lockout or refused credentials counts for neither.
+    """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     outcome = Outcome()
     counted = 0
+    transient_s = 0.0  # time spent failing and backing off for transient reasons
     while True:
         try:
             outcome.detections = await fetch()
@@ -92,13 +100,19 @@ async def fetch_with_retry(
                 await sleep(policy.cap_s)
                 continue
             retry_after = exc.retry_after_s if isinstance(exc, TransientApiError) else None
-            if not isinstance(exc, RateLimitedError):
-                counted += 1
-                if counted >= policy.max_attempts:
-                    outcome.error = exc
-                    return outcome
-            on_retry("rate_limited" if isinstance(exc, RateLimitedError) else _reason(exc))
-            await sleep(policy.delay(counted or 1, retry_after, rng))
+            if isinstance(exc, RateLimitedError):
+                on_retry("rate_limited")
+                await sleep(policy.delay(1, retry_after, rng))
+                continue
+            counted += 1
+            delay = policy.delay(counted, retry_after, rng)
+            if counted >= policy.max_attempts or transient_s + delay > policy.max_age_s:
+                outcome.error = exc
+                return outcome
+            on_retry(_reason(exc))
+            started = clock()
+            await sleep(delay)
+            transient_s += clock() - started
         else:
             outcome.attempts.record(None)
             return outcome

@@ -69,6 +69,7 @@ class CloudflareSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
+    max_retry_age_s: float = Field(default=900.0, gt=0)
     budget_calls: int = Field(default=1200, ge=1)
     budget_window_s: float = Field(default=300.0, gt=0)
     budget_safety: float = Field(default=0.9, gt=0, le=1)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 
+from tests.unit.conftest import FakeClock
 from worker.cloudflare.models import Detections
 from worker.errors import (
     ApiError,
@@ -229,3 +230,16 @@ def test_delay_is_at_least_retry_after(retry_after: float) -> None:
 
 def test_retry_after_above_the_cap_wins() -> None:
     assert POLICY.delay(1, 300.0, random.Random(0)) == 300.0
+
+
+async def test_gives_up_when_the_backoff_would_pass_the_max_age() -> None:
+    clock = FakeClock()
+    script = Script([transient() for _ in range(10)])
+    policy = RetryPolicy(max_attempts=100, base_s=10.0, cap_s=10.0, max_age_s=25.0)
+    outcome = await fetch_with_retry(
+        script, policy, sleep=clock.sleep, rng=random.Random(1), clock=clock
+    )
+    assert outcome.error is not None
+    assert outcome.error.reason == "retries_exhausted"
+    assert sum(clock.sleeps) <= 25.0  # never slept past the age
+    assert 2 <= outcome.attempts.count < 10
