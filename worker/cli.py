@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from worker import __version__
@@ -132,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--replication-factor", type=int, default=1, help="replication factor (default 1)"
     )
 
+    redrive = sub.add_parser(
+        "redrive",
+        help="re-publish DLQ records to the input topic (after fixing their cause)",
+        description="Read kafka.dlq_topic from its beginning to its current end and "
+        "re-publish the original key and value of each matching record to "
+        "kafka.input_topic, with a header enrich-redriven-from naming its DLQ position. "
+        "Paced by the rate budget (cloudflare.budget_calls per budget_window_s, times "
+        "budget_safety), since each re-published id will cost one API call. Prints a "
+        "progress line every 2 s and a summary; exit 0.",
+    )
+    redrive.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="only records with this reason (repeatable), e.g. not_found, retries_exhausted",
+    )
+    redrive.add_argument(
+        "--since", type=_timestamp, help="only records that failed at or after this ISO time"
+    )
+    redrive.add_argument(
+        "--until", type=_timestamp, help="only records that failed before this ISO time"
+    )
+    redrive.add_argument("--limit", type=int, help="re-publish at most this many")
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="count the matching records, publish nothing"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="simulator + local broker + worker on sample ids, then a summary",
@@ -159,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(settings, burst=args.burst))
         if args.command == "create-topics":
             return asyncio.run(_create_topics(settings, args.partitions, args.replication_factor))
+        if args.command == "redrive":
+            return asyncio.run(_redrive(settings, args))
         if args.command == "check":
             return asyncio.run(_check(settings))
         if args.command == "enrich":
@@ -218,6 +248,36 @@ async def _create_topics(settings: Settings, partitions: int, replication_factor
     )
     for topic in wanted:
         print(f"{topic}: {'created' if topic in created else 'exists'}")
+    return EXIT_OK
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time such as 2026-12-03T10:00:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.redrive import RedriveFilter, RedriveStats, redrive
+
+    def show(stats: RedriveStats, final: bool = False) -> None:
+        print(
+            f"redrive {'done' if final else 'progress'}: {stats.read} read, "
+            f"{stats.matched} matched, {stats.published} re-published to "
+            f"{settings.kafka.input_topic}, {stats.unreadable} unreadable",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    selection = RedriveFilter(reasons=args.reason, since=args.since, until=args.until)
+    stats = await redrive(
+        settings, selection, dry_run=args.dry_run, limit=args.limit, progress=show
+    )
+    show(stats, final=True)
     return EXIT_OK
 
 
