@@ -50,6 +50,14 @@ class Budget:
 
     async def acquire(self) -> float:
         """Wait until a call may be sent, count it, and return the seconds waited."""
+        _, waited = await self.reserve()
+        return waited
+
+    async def reserve(self) -> tuple[float, float]:
+        """Wait until a call may be sent, count it; return its send time and the wait.
+
+        Pass the send time to ``settle`` once the answer arrived.
+        """
         started = self._clock()
         while True:
             now = self._clock()
@@ -59,8 +67,20 @@ class Budget:
             self._expire(now)
             if len(self._sent) < self.calls:
                 self._sent.append(now)
-                return now - started
+                return now, now - started
             await self._sleep(self._sent[0] + self.window_s - now)
+
+    def settle(self, sent_at: float) -> None:
+        """Count a finished call from when its answer arrived, not from when it was sent.
+
+        The server counted the call somewhere in between; dating it at the answer makes
+        our window release it no earlier than the server's, whatever the latency.
+        """
+        index = bisect.bisect_left(self._sent, sent_at)
+        if index < len(self._sent) and self._sent[index] == sent_at:
+            del self._sent[index]
+            now = self._clock()
+            self._sent.insert(bisect.bisect_right(self._sent, now), now)
 
     def observe_server_remaining(self, remaining: int, reset_s: float, *, reserve: int = 0) -> None:
         """Tighten the budget when Cloudflare reports fewer calls left than we expect.

@@ -182,3 +182,15 @@ async def test_server_reporting_more_calls_left_changes_nothing(clock: Any) -> N
     await budget.acquire()
     budget.observe_server_remaining(1000, 10)
     assert budget.remaining() == 99
+
+
+async def test_a_settled_call_counts_from_its_answer(clock: Any) -> None:
+    """Cloudflare counts a call when it arrives; dating ours at the answer is never early."""
+    budget = Budget(calls=1, window_s=60, clock=clock, sleep=clock.sleep)
+    sent_at, waited = await budget.reserve()
+    assert (sent_at, waited) == (0, 0)
+    clock.now = 5.0  # the answer took 5 s
+    budget.settle(sent_at)
+    _, waited = await budget.reserve()
+    assert waited == 60  # free at 65 (answer + window), not at 60 (send + window)
+    assert clock.now == 65

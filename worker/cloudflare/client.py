@@ -96,7 +96,7 @@ class DetectionsClient:
         """One call. Returns the detections or raises an ApiError subclass."""
         url = detections_url(self._base_url, account_id, investigate_id)
         async with self._slots:
-            waited = await self._budget.acquire()
+            sent_at, waited = await self._budget.reserve()
             if waited:
                 self._metrics.budget_wait.inc(waited)
             self._metrics.api_in_flight.inc()
@@ -112,6 +112,7 @@ class DetectionsClient:
                 self._metrics.api_requests.labels(status="transport_error").inc()
                 raise TransientApiError(f"transport error: {type(exc).__name__}") from None
             finally:
+                self._budget.settle(sent_at)
                 self._metrics.api_in_flight.dec()
             self._metrics.api_latency.observe(time.perf_counter() - started)
             server = parse_ratelimit(response.headers.get("ratelimit"))
