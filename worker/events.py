@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from typing import Any
 from urllib.parse import urlsplit
@@ -181,8 +182,9 @@ def _domains(hrefs: Iterable[str]) -> list[str]:
             host = urlsplit(href.strip()).hostname
         except ValueError:
             continue
-        if host:
-            seen.setdefault(host.lower().rstrip("."), None)
+        host = (host or "").lower().rstrip(".")
+        if host:  # checked after the trailing dots go: "http://./" has no host name
+            seen.setdefault(host, None)
     return list(seen)
 
 
@@ -199,6 +201,6 @@ def _decode(value: str | None) -> str | None:
         return value
     try:
         decoded = str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
         return value
     return decoded or value  # a broken encoded word decodes to nothing: keep the raw text

@@ -34,6 +34,11 @@ class Metrics:
         self.consumed = Counter(
             "enrich_messages_consumed_total", "Input messages read from Kafka.", registry=registry
         )
+        self.skipped = Counter(
+            "enrich_messages_skipped_total",
+            "Input messages skipped because a previous owner already finished them.",
+            registry=registry,
+        )
         self.produced = Counter(
             "enrich_events_produced_total",
             "Enrichment events acknowledged by the broker.",

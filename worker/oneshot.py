@@ -8,6 +8,7 @@ so a SOAR playbook can parse both. A progress line goes to stderr every few seco
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -20,6 +21,8 @@ from worker.enricher import Enricher
 from worker.errors import InputError
 from worker.events import build_event
 from worker.inputs import parse_message
+
+log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 2.0
 
@@ -60,7 +63,13 @@ async def enrich_lines(
             return None, _failure(
                 request.investigate_id, outcome.error.reason, outcome.error.detail
             )
-        return orjson.dumps(build_event(outcome.detections, request, None)), None
+        try:
+            return orjson.dumps(build_event(outcome.detections, request, None)), None
+        except Exception:  # one id's bug must not end the run: report it like the pipeline
+            log.exception(
+                "cannot build the event", extra={"investigate_id": request.investigate_id}
+            )
+            return None, _failure(request.investigate_id, "internal_error", "see the log")
 
     def write(result: tuple[bytes | None, bytes | None]) -> None:
         event, failure = result

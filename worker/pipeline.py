@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -26,7 +27,7 @@ from worker.errors import InputError
 from worker.events import Source, build_dlq_record, build_event
 from worker.inputs import parse_message
 from worker.observability import Health, Metrics
-from worker.offsets import PartitionOffsets
+from worker.offsets import PartitionOffsets, decode_done
 from worker.retry import Attempts
 from worker.settings import Settings
 
@@ -44,6 +45,7 @@ class RunStats:
     consumed: int = 0
     produced: int = 0
     dlq: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class Pipeline:
         self._enricher = enricher
         self._consumer = consumer
         self._producer = producer
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
         self._metrics = metrics
         self._health = health or Health()
         self._trackers: dict[TopicPartition, PartitionOffsets] = {}
@@ -93,6 +96,7 @@ class Pipeline:
         """Process messages until ``stop`` is set or, with ``burst``, until caught up."""
         stop = stop or asyncio.Event()
         await self._producer.start()
+        await self._admin.start()
         try:
             await self._consumer.start()
             try:
@@ -102,6 +106,7 @@ class Pipeline:
                 await self._drain_and_commit()
                 await self._consumer.stop()
         finally:
+            await self._admin.close()
             await self._producer.stop()
             self._health.ready = False
             self._health.reason = "stopped"
@@ -171,10 +176,16 @@ class Pipeline:
             # Work still in flight for the old record only repeats, it is never skipped.
             tracker = self._trackers[tp] = PartitionOffsets()
         tracker.add(record.offset)
-        self._pending += 1
-        self._metrics.pending.set(self._pending)
         self._metrics.consumed.inc()
         self.stats.consumed += 1
+        if record.offset in tracker.skip:
+            # A previous owner finished it after its last commit (commit metadata).
+            tracker.done(record.offset)
+            self._metrics.skipped.inc()
+            self.stats.skipped += 1
+            return
+        self._pending += 1
+        self._metrics.pending.set(self._pending)
         task = asyncio.create_task(self._handle(tp, tracker, record))
         tasks = self._tasks.setdefault(tp, set())
         tasks.add(task)
@@ -192,6 +203,7 @@ class Pipeline:
         try:
             await self._process(message)
             tracker.done(record.offset)
+            tracker.last_progress = time.monotonic()
         except asyncio.CancelledError:
             raise  # not done, so not committed: it is processed again after a restart
         except Exception:  # the outermost handler of a message: never let a bug stop the line
@@ -311,7 +323,8 @@ class Pipeline:
         }
         if not due:
             return
-        offsets = {tp: tracker.commit_point for tp, tracker in due.items()}
+        # Offsets done beyond the commit point ride along as metadata (see offsets.py).
+        offsets = {tp: (t.commit_point, t.metadata()) for tp, t in due.items()}
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:
@@ -319,10 +332,27 @@ class Pipeline:
             log.warning("commit failed; will retry", extra={"error": repr(exc)})
             return
         for tp, tracker in due.items():
-            tracker.committed = offsets[tp]
-            self._metrics.committed.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                offsets[tp] or 0
+            point = offsets[tp][0]
+            assert point is not None
+            tracker.committed_at(point)
+            self._metrics.committed.labels(topic=tp.topic, partition=str(tp.partition)).set(point)
+
+    async def _committed(self, tps: set[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        """The group's committed offsets and metadata; empty if they cannot be read now."""
+        if not tps:
+            return {}
+        try:
+            found = await self._admin.list_consumer_group_offsets(
+                self._kafka.group_id, partitions=list(tps)
             )
+        except KafkaError as exc:
+            log.warning(
+                "cannot read committed metadata; nothing skipped", extra={"error": repr(exc)}
+            )
+            return {}
+        return {
+            tp: (meta.offset, meta.metadata or "") for tp, meta in found.items() if meta.offset >= 0
+        }
 
     async def _caught_up(self) -> bool:
         if self._pending or not self._assigned_once:
@@ -369,10 +399,13 @@ class Pipeline:
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rebalance: start fresh records for the new partitions."""
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Rebalance: start records for the new partitions, with what is already done."""
+        committed = await self._committed(assigned)
         for tp in assigned:
-            self._trackers.setdefault(tp, PartitionOffsets())
+            offset, metadata = committed.get(tp, (None, ""))
+            skip = decode_done(offset, metadata) if offset is not None else frozenset()
+            self._trackers[tp] = PartitionOffsets(committed=offset, skip=skip)
         self._assigned_once = True
         self._update_readiness()
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
@@ -386,7 +419,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._pipeline.on_assigned(set(assigned))
+        await self._pipeline.on_assigned(set(assigned))
 
 
 def _where(source: Source) -> dict[str, Any]:

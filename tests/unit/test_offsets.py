@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from worker.offsets import PartitionOffsets
+from worker.offsets import PartitionOffsets, decode_done, encode_done
 
 
 def tracker_with(*offsets: int, committed: int | None = None) -> PartitionOffsets:
@@ -33,9 +33,10 @@ def test_out_of_order_completion_waits_for_the_oldest() -> None:
     tracker = tracker_with(10, 11, 12, 13)
     tracker.done(12)
     tracker.done(13)
-    assert tracker.commit_point is None
+    assert tracker.commit_point == 10  # the oldest pending, with 12 and 13 in the metadata
+    assert decode_done(10, tracker.metadata()) == {12, 13}
     tracker.done(11)
-    assert tracker.commit_point is None
+    assert tracker.commit_point == 10
     assert tracker.oldest_pending == 10
     tracker.done(10)
     assert tracker.commit_point == 14
@@ -55,7 +56,7 @@ def test_commit_point_stops_at_the_first_unfinished_offset() -> None:
 def test_gaps_in_offsets() -> None:
     tracker = tracker_with(5, 9, 20)
     tracker.done(9)
-    assert tracker.commit_point is None
+    assert tracker.commit_point == 5
     tracker.done(5)
     assert tracker.commit_point == 10  # 6..9 were never consumed; 20 is pending
     tracker.done(20)
@@ -77,10 +78,13 @@ def test_needs_commit_tracks_the_last_commit() -> None:
     tracker = tracker_with(0, 1, 2)
     tracker.done(0)
     assert tracker.needs_commit()
-    tracker.committed = tracker.commit_point
+    tracker.committed_at(1)
     assert not tracker.needs_commit()
     tracker.done(2)
-    assert not tracker.needs_commit()  # 1 still blocks
+    assert tracker.commit_point == 1  # 1 still blocks the point ...
+    assert tracker.needs_commit()  # ... but 2 should reach the metadata
+    tracker.committed_at(1)
+    assert not tracker.needs_commit()
     tracker.done(1)
     assert tracker.needs_commit()
     assert tracker.commit_point == 3
@@ -90,7 +94,7 @@ def test_repeated_done_is_harmless() -> None:
     tracker = tracker_with(0, 1, 2)
     tracker.done(1)
     tracker.done(1)
-    assert tracker.commit_point is None
+    assert tracker.commit_point == 0
     tracker.done(0)
     tracker.done(0)
     assert tracker.commit_point == 2
@@ -147,6 +151,8 @@ def expected_commit_point(consumed: list[int], done: set[int]) -> int | None:
         if offset not in done:
             break
         point = offset + 1
+    if point is None and done:
+        point = consumed[0]  # nothing contiguous yet: the oldest pending, for the metadata
     return point
 
 
@@ -188,3 +194,35 @@ def test_random_completion_order_with_gaps(seed: int) -> None:
             [o for o in consumed if point is not None and o < point]
         )
     assert tracker.commit_point == offsets[-1] + 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_metadata_round_trips_the_offsets_done_beyond_the_commit_point(seed: int) -> None:
+    rng = random.Random(seed)
+    tracker = PartitionOffsets(committed=1_000)
+    offsets = list(range(1_000, 1_400))
+    for offset in offsets:
+        tracker.add(offset)
+    finished = set(rng.sample(offsets[1:], 150))  # 1000 stays pending
+    for offset in finished:
+        tracker.done(offset)
+    base = tracker.commit_point
+    assert base == 1_000
+    metadata = tracker.metadata()
+    assert len(metadata.encode()) <= 3_000
+    assert decode_done(base, metadata) == finished
+
+
+def test_metadata_that_does_not_fit_leaves_out_later_runs_only() -> None:
+    done = set(range(100, 20_000, 2))  # 9,950 isolated offsets: cannot all fit
+    metadata = encode_done(0, done, max_bytes=500)
+    assert len(metadata) <= 500
+    kept = decode_done(0, metadata)
+    assert kept
+    assert kept <= done
+    assert kept == {o for o in done if o <= max(kept)}  # a prefix of the runs, no holes
+
+
+@pytest.mark.parametrize("metadata", ["", "something else", "done1:zz+1", "done1:1+", None])
+def test_foreign_or_broken_metadata_means_nothing_to_skip(metadata: str | None) -> None:
+    assert decode_done(10, metadata) == frozenset()
