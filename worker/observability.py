@@ -139,6 +139,8 @@ class Health:
     reason: str = "starting"
     last_loop_at: float = field(default_factory=time.monotonic)
     max_loop_silence_s: float = 60.0
+    stuck: str | None = None
+    """Set by the run loop when a partition with work has made no progress for too long."""
 
     def beat(self) -> None:
         """Called by the run loop on every turn."""
@@ -146,8 +148,15 @@ class Health:
 
     @property
     def alive(self) -> bool:
-        """The run loop turned recently."""
-        return time.monotonic() - self.last_loop_at < self.max_loop_silence_s
+        """The run loop turned recently and no partition is stuck."""
+        return self.stuck is None and time.monotonic() - self.last_loop_at < self.max_loop_silence_s
+
+    @property
+    def liveness(self) -> str:
+        """Why /healthz says what it says."""
+        if self.stuck is not None:
+            return self.stuck
+        return "alive" if self.alive else "run loop stalled"
 
 
 def metrics_handler(metrics: Metrics, health: Health) -> Handler:
@@ -159,8 +168,7 @@ def metrics_handler(metrics: Metrics, health: Health) -> Handler:
         if request.path == "/metrics":
             return Response(body=metrics.render(), content_type=CONTENT_TYPE_LATEST)
         if request.path == "/healthz":
-            ok = health.alive
-            return _status(200 if ok else 503, "alive" if ok else "run loop stalled")
+            return _status(200 if health.alive else 503, health.liveness)
         if request.path == "/readyz":
             return _status(200 if health.ready else 503, health.reason)
         return _status(404, "not found: try /metrics, /healthz or /readyz")

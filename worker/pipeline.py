@@ -133,15 +133,39 @@ class Pipeline:
             if now >= next_commit:
                 await self._commit()
                 next_commit = now + self._limits.commit_interval_s
+            self._check_stuck(now)
             if burst and not batch and now >= next_caught_up_check:
                 next_caught_up_check = now + _CAUGHT_UP_CHECK_S
                 if await self._caught_up():
                     log.info("caught up with the input topic; stopping (burst mode)")
                     return
 
+    def _check_stuck(self, now: float) -> None:
+        """Liveness fails when a partition with work finished nothing for stuck_after_s."""
+        if self._hold is not None:
+            return  # waiting out Cloudflare is not being stuck
+        limit = self._limits.stuck_after_s
+        stuck = sorted(
+            f"{tp.topic}[{tp.partition}]"
+            for tp, tracker in self._trackers.items()
+            if len(tracker) and now - tracker.last_progress > limit
+        )
+        reason = f"no progress for {limit:.0f} s on {', '.join(stuck)}" if stuck else None
+        if reason != self._health.stuck:
+            if reason:
+                log.error(
+                    "stuck: liveness fails so that the worker is restarted",
+                    extra={"partitions": stuck},
+                )
+            self._health.stuck = reason
+
     def _hold_changed(self, hold: str | None) -> None:
         """Pause all input while no call can succeed; say so once, not per message."""
         previous, self._hold = self._hold, hold
+        if hold is None:  # the time held does not count towards being stuck
+            now = time.monotonic()
+            for tracker in self._trackers.values():
+                tracker.last_progress = now
         self._metrics.lockout_active.set(1 if hold == HOLD_RATE_LIMIT else 0)
         self._metrics.auth_refused.set(1 if hold == HOLD_AUTH else 0)
         if hold == HOLD_RATE_LIMIT:
@@ -175,6 +199,8 @@ class Pipeline:
             # A new assignment, or the consumer went back (offset reset): start afresh.
             # Work still in flight for the old record only repeats, it is never skipped.
             tracker = self._trackers[tp] = PartitionOffsets()
+        if not len(tracker):
+            tracker.last_progress = time.monotonic()  # the stuck clock starts with work
         tracker.add(record.offset)
         self._metrics.consumed.inc()
         self.stats.consumed += 1

@@ -128,6 +128,7 @@ class PipelineSettings(_Section):
     max_pending_messages: int = Field(default=2_000, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    stuck_after_s: float = Field(default=600.0, gt=0)
     max_message_bytes: int = Field(default=65_536, ge=64)
 
 

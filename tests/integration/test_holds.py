@@ -8,6 +8,7 @@ import socket
 
 import httpx
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import (
@@ -95,3 +96,49 @@ async def test_refused_credentials_pause_input_turn_readiness_red_then_recover(
     # Refused calls were probes held by the budget (one wave of max_in_flight per 2 s
     # interval), not a storm of one call per message.
     assert calls_while_refused <= settings.cloudflare.max_in_flight * 2
+
+
+@pytest.mark.partitions(1)
+async def test_liveness_fails_when_a_partition_makes_no_progress(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+) -> None:
+    ids = [catalog_id(SEED, i) for i in range(5)]
+    api = await start_simulator(seed=SEED, latency_by_id={ids[2]: 20.0})  # a wedged call
+    await produce(bootstrap, topics.input, (i.encode() for i in ids))
+    port = _free_port()
+    settings = make_settings(
+        bootstrap,
+        topics,
+        api.base_url,
+        metrics={"enabled": True, "port": port},
+        pipeline={"stuck_after_s": 1.0, "shutdown_grace_s": 0.2},
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def live() -> int:
+                try:
+                    return (await client.get("/healthz")).status_code
+                except httpx.TransportError:
+                    return 0
+
+            async def is_live() -> bool:
+                return await live() == 200
+
+            async def is_dead() -> bool:
+                return await live() == 503
+
+            await wait_for(is_live, what="liveness green while work flows")
+            await wait_for(is_dead, deadline_s=15, what="liveness red when stuck")
+            body = (await client.get("/healthz")).text
+            assert "no progress" in body
+            assert topics.input in body
+            assert (await client.get("/readyz")).status_code == 200  # still ready
+    finally:
+        stop.set()
+        stats = await worker
+    assert stats.produced == 4  # the wedged id was abandoned at shutdown, not committed
+    committed = await committed_offsets(bootstrap, topics.group, topics.input)
+    assert committed.get(0, 0) <= 2
