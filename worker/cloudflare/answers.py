@@ -39,6 +39,10 @@ def parse_answer(
 ) -> Detections:
     """Return the detections of a successful answer or raise the ApiError it stands for."""
     doc = _json_or_none(body)
+    if status == 200 and isinstance(doc, dict) and doc.get("success") is True:
+        # A success answer may still list errors or messages (the API reference's own
+        # example does): they are informational, and classify nothing.
+        return _detections(doc, status)
     codes = _error_codes(doc)
     code_list = tuple(sorted(codes))
     detail = _error_text(doc, status)
@@ -69,8 +73,10 @@ def parse_answer(
         raise TransientApiError(f"HTTP {status} body is not JSON", status=status)
     if status != 200 or not isinstance(doc, dict):
         raise InvalidResponseError(f"HTTP {status} with an unexpected body", status=status)
-    if doc.get("success") is not True:
-        raise ApiRejectedError(detail, status=status, codes=code_list)
+    raise ApiRejectedError(detail, status=status, codes=code_list)  # success is not true
+
+
+def _detections(doc: dict[str, Any], status: int) -> Detections:
     result = doc.get("result")
     if not isinstance(result, dict):
         raise InvalidResponseError("success answer without a result object", status=status)
