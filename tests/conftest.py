@@ -22,7 +22,7 @@ from worker.settings import Settings, load_settings
 from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOTSTRAP = os.environ.get("ENRICH_TEST_BOOTSTRAP", "127.0.0.1:39092")
+BOOTSTRAP = os.environ.get("ENRICH_TEST_BOOTSTRAP", "127.0.0.1:19092")
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 
 
@@ -33,8 +33,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+FIGURES: dict[str, str] = {}
+"""Measurements that tests report (e.g. duplicates per kill), printed at the end of the run."""
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say plainly how many tests ran against the real broker (they are never skipped)."""
+    for name, figure in FIGURES.items():
+        terminalreporter.write_line(f"figure: {name}: {figure}")
     ran = {
         outcome: sum(
             1 for r in terminalreporter.stats.get(outcome, []) if "integration" in r.keywords

@@ -70,45 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     enrich.add_argument("ids", nargs="*", help="investigate ids; '-' reads stdin")
     enrich.add_argument("--input", type=Path, help="file with one id (or JSON object) per line")
 
+    from worker.simulator import options as simulator_options
+
     simulate = sub.add_parser(
         "simulate",
-        help="serve a local stand-in for the Cloudflare detections API",
-        description="Serve GET /client/v4/accounts/{account}/email-security/investigate/{id}"
-        "/detections on HOST:PORT with deterministic payloads, Cloudflare's envelope and auth "
-        "errors, and GET /__simulator/stats with its counters. Known ids are "
-        "those of its catalogue (see --print-ids) unless --accept-any-id.",
+        help="serve a local stand-in for the Cloudflare API (detections and search)",
+        description=simulator_options.DESCRIPTION,
+        epilog=simulator_options.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    simulate.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    simulate.add_argument("--port", type=int, default=18787, help="port (default 18787)")
-    simulate.add_argument("--seed", type=int, default=1, help="payload and id seed (default 1)")
-    simulate.add_argument(
-        "--catalog-size", type=int, default=1_000_000, help="number of known ids (default 1e6)"
-    )
-    simulate.add_argument(
-        "--accept-any-id", action="store_true", help="answer every id instead of 7003"
-    )
-    simulate.add_argument(
-        "--shape-2025-ratio",
-        type=float,
-        default=0.2,
-        help="share of ids answered in the older 2025 schema shape (default 0.2)",
-    )
-    simulate.add_argument(
-        "--token", default=None, help="accepted Bearer token (default: local-simulator-token)"
-    )
-    simulate.add_argument(
-        "--latency-ms", type=float, default=0.0, help="added latency per answer (default 0)"
-    )
-    simulate.add_argument(
-        "--unknown-status",
-        type=int,
-        choices=(400, 404),
-        default=404,
-        help="HTTP status for unknown ids (code 7003; default 404)",
-    )
-    simulate.add_argument(
-        "--print-ids", type=int, metavar="N", help="print the first N known ids and exit"
-    )
+    simulator_options.add_arguments(simulate)
 
     sub.add_parser(
         "check",
@@ -332,21 +303,18 @@ async def _lines(ids: list[str], input_file: Path | None) -> AsyncIterator[str]:
 
 def _simulate(args: argparse.Namespace) -> int:
     from worker.httpserver import serve
-    from worker.simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
+    from worker.simulator import Simulator, catalog_id
+    from worker.simulator.options import config_from_args
 
     if args.print_ids is not None:
         for i in range(args.print_ids):
             print(catalog_id(args.seed, i))
         return EXIT_OK
-    config = SimulatorConfig(
-        seed=args.seed,
-        catalog_size=args.catalog_size,
-        accept_any_id=args.accept_any_id,
-        shape_2025_ratio=args.shape_2025_ratio,
-        token=args.token or DEFAULT_TOKEN,
-        latency_s=args.latency_ms / 1000,
-        unknown_status=args.unknown_status,
-    )
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"enrich-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def serve_forever() -> None:
         try:
@@ -354,8 +322,9 @@ def _simulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
         print(
-            f"simulator: serving http://{args.host}:{args.port}/client/v4 (seed {args.seed}); "
-            "stats at /__simulator/stats",
+            f"simulator: serving http://{args.host}:{args.port}/client/v4 (seed {args.seed}; "
+            f"rate limit {_rate_limit_text(config.rate_limit, config.rate_window_s)}; "
+            f"faults {dict(config.fault_rates) or 'none'}); stats at /__simulator/stats",
             file=sys.stderr,
             flush=True,
         )
@@ -372,3 +341,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"enrich-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_OK
+
+
+def _rate_limit_text(limit: int, window_s: float) -> str:
+    return f"{limit} calls per {window_s:g} s" if limit else "off"

@@ -18,6 +18,7 @@ from worker.settings import CloudflareSettings
 
 HOLD_AUTH = "credentials_refused"
 HOLD_RATE_LIMIT = "rate_limited"
+HOLD_UNAVAILABLE = "api_unavailable"
 
 
 class Enricher:
@@ -47,6 +48,8 @@ class Enricher:
         """Why every call is being held right now, or None when calls flow."""
         if self._client.credentials_refused:
             return HOLD_AUTH
+        if self._client.api_unavailable:
+            return HOLD_UNAVAILABLE
         if self._budget.blocked_for_s > 0:
             return HOLD_RATE_LIMIT
         return None
@@ -109,6 +112,7 @@ async def open_enricher(
             metrics=metrics,
             max_in_flight=settings.max_in_flight,
             default_retry_after_s=settings.default_retry_after_s,
+            default_account=settings.account_id,
             auth_retry_s=settings.backoff_max_s,
             reserve=settings.budget_calls - settings.effective_budget,
             min_in_flight=settings.min_in_flight,

@@ -5,10 +5,13 @@
     ├── InputError                    a Kafka message we cannot turn into a request (DLQ)
     └── ApiError                      the Cloudflare call did not give usable detections
         ├── NotFoundError             the id does not exist there (DLQ, permanent)
+        ├── AccountForbiddenError     403 for a message's own account_id (DLQ, permanent)
         ├── ApiRejectedError          another permanent refusal about this message (DLQ)
         ├── InvalidResponseError      a 200 whose body is not the documented shape (DLQ)
         ├── TransientApiError         5xx, HTML edge pages, timeouts, resets (retry)
-        │   └── RateLimitedError      429: the whole account is blocked until retry_after
+        │   ├── RateLimitedError      429: the whole account is blocked until retry_after
+        │   └── ApiUnavailableError   many calls in a row failed: the API is down; held,
+        │                             retried without end, never sent to the DLQ
         └── AuthError                 401/403, codes 10000/6003: fatal for the worker, not the
                                       message; retried without end, never sent to the DLQ
 
@@ -97,6 +100,16 @@ class TransientApiError(ApiError):
 
 class RateLimitedError(TransientApiError):
     """HTTP 429: Cloudflare blocks every call of this user until ``retry_after_s``."""
+
+
+class AccountForbiddenError(ApiError):
+    """403 for a message whose account_id is not the configured one: that account only."""
+
+    reason = "account_forbidden"
+
+
+class ApiUnavailableError(TransientApiError):
+    """The API has failed so many calls in a row that it is down, not this message."""
 
 
 class AuthError(ApiError):

@@ -7,6 +7,8 @@ change there, and a breaking one bumps SCHEMA_VERSION.
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from worker.retry import Attempts
 
 SCHEMA_VERSION = 1
 DLQ_SCHEMA_VERSION = 1
+DLQ_MAX_ORIGINAL_BYTES = 256 * 1024
+"""Originals above this are cut in DLQ records (base64 grows them by a third)."""
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f4e-8f0e-4d4e-9a57-3c1b8f0f2a11")
 
 # Event key -> header name, the headers a SOC analyst pivots on.
@@ -141,8 +145,15 @@ def build_dlq_record(
     timestamp_ms: int | None = None,
     investigate_id: str | None = None,
     attempts: Attempts | None = None,
+    max_original_bytes: int = DLQ_MAX_ORIGINAL_BYTES,
 ) -> dict[str, Any]:
-    """A DLQ record: why, where from, and the original bytes (base64) kept exactly."""
+    """A DLQ record: why, where from, and the original bytes (base64) kept exactly.
+
+    An original larger than ``max_original_bytes`` is cut to that size (and its full size
+    and SHA-256 are recorded), so that the record always fits in a Kafka message: a DLQ
+    record the broker refuses would hold the partition's commits for good.
+    """
+    truncated = any(b is not None and len(b) > max_original_bytes for b in (key, value))
     return {
         "dlq_schema_version": DLQ_SCHEMA_VERSION,
         "reason": reason,
@@ -157,8 +168,11 @@ def build_dlq_record(
             "timestamp_ms": timestamp_ms,
         },
         "investigate_id": investigate_id,
-        "original_key_b64": None if key is None else base64.b64encode(key).decode(),
-        "original_value_b64": None if value is None else base64.b64encode(value).decode(),
+        "original_key_b64": _b64(key, max_original_bytes),
+        "original_value_b64": _b64(value, max_original_bytes),
+        "original_truncated": truncated,
+        "original_value_size": None if value is None else len(value),
+        "original_value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
         "attempts": attempts.count if attempts else 0,
         "first_attempt_at": attempts.first_at if attempts else None,
         "last_attempt_at": attempts.last_at if attempts else None,
@@ -166,6 +180,10 @@ def build_dlq_record(
         "last_error_codes": list(attempts.last_codes) if attempts else [],
         "worker_version": __version__,
     }
+
+
+def _b64(data: bytes | None, limit: int) -> str | None:
+    return None if data is None else base64.b64encode(data[:limit]).decode()
 
 
 def _check_enum(
@@ -195,12 +213,36 @@ def _selected_headers(headers: list[Header]) -> dict[str, str | None]:
     return {key: _decode(by_name.get(name)) for key, name in SELECTED_HEADERS.items()}
 
 
+# An RFC 2047 encoded word, as email.header.decode_header finds them.
+_ENCODED_WORD = re.compile(r"=\?([^?]*?)\?([qQbB])\?(.*?)\?=", re.MULTILINE)
+
+
 def _decode(value: str | None) -> str | None:
     """Decode RFC 2047 encoded words (=?utf-8?b?...?=); keep the raw value if that fails."""
     if value is None or "=?" not in value:
+        return value
+    if not all(_valid_b_word(m) for m in _ENCODED_WORD.finditer(value)):
         return value
     try:
         decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, HeaderParseError):
         return value
     return decoded or value  # a broken encoded word decodes to nothing: keep the raw text
+
+
+def _valid_b_word(word: re.Match[str]) -> bool:
+    """A B (base64) word must be real base64, padding included.
+
+    decode_header pads a short word and skips characters outside the alphabet, which turns
+    a cut or mangled word into a few wrong characters; such a value is kept raw instead.
+    """
+    if word.group(2) not in "bB":
+        return True
+    text = word.group(3)
+    if len(text) % 4:
+        return False
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error
+        return False
+    return True

@@ -7,6 +7,7 @@ ours at those two places.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,18 +32,31 @@ def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
         max_poll_records=settings.max_poll_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
         isolation_level="read_committed",
     )
 
 
-def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all).
+
+    ``transactional`` gives it a transactional id: ``kafka.transactional_id`` or, when unset,
+    ``<group_id>-<hostname>``, stable across restarts of one host, so that a restarted worker
+    fences the transaction its predecessor left open.
+    """
+    transactional_id = None
+    if transactional:
+        transactional_id = (
+            settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}"
+        )
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=settings.client_id,
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
+        transactional_id=transactional_id,
     )
 
 

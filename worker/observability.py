@@ -99,6 +99,11 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.api_unavailable = Gauge(
+            "enrich_api_unavailable",
+            "1 while so many calls in a row failed that every call is held (API down).",
+            registry=registry,
+        )
         self.pending = Gauge(
             "enrich_messages_pending",
             "Messages consumed whose output is not yet acknowledged.",
@@ -206,9 +211,40 @@ class JsonFormatter(logging.Formatter):
 JsonFormatter.converter = time.gmtime
 
 
+class LibraryThrottle(logging.Filter):
+    """Let a library's repeated message through once per interval, with a count.
+
+    While the broker is down, aiokafka logs every reconnect attempt; a line a second says
+    the same to the person on call without filling the disk.
+    """
+
+    def __init__(self, *, prefixes: tuple[str, ...], interval_s: float = 10.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._interval_s = interval_s
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, suppressed = self._seen.get(key, (-self._interval_s, 0))
+        if now - last < self._interval_s:
+            self._seen[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            record.suppressed = suppressed  # shows in JSON logs as "suppressed": N
+        if len(self._seen) > 1_000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
 def setup_logging(*, level: str, fmt: str, stream: TextIO = sys.stdout) -> None:
     """Send the worker's logs to ``stream`` as JSON lines (or plain text)."""
     handler = logging.StreamHandler(stream)
+    handler.addFilter(LibraryThrottle(prefixes=("aiokafka", "kafka")))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

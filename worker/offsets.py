@@ -21,13 +21,24 @@ _PREFIX = "done1:"
 class PartitionOffsets:
     """Tracks one partition: offsets in flight, in consumption order."""
 
-    __slots__ = ("_dirty", "_done", "_in_flight", "_next", "committed", "last_progress", "skip")
+    __slots__ = (
+        "_committed_changes",
+        "_done",
+        "_in_flight",
+        "_next",
+        "changes",
+        "committed",
+        "last_progress",
+        "skip",
+    )
 
     def __init__(self, committed: int | None = None, skip: frozenset[int] = frozenset()) -> None:
         self._in_flight: deque[int] = deque()
         self._done: set[int] = set()
         self._next: int | None = committed
-        self._dirty = False
+        self.changes = 0
+        """Counts ``done`` calls, so a commit knows whether its metadata is still current."""
+        self._committed_changes = 0
         self.committed: int | None = committed
         self.skip = skip
         """Offsets a previous owner finished beyond its commit point (from the metadata)."""
@@ -55,7 +66,7 @@ class PartitionOffsets:
         if not self._in_flight or offset < self._in_flight[0]:
             return  # already part of the commit point (a repeat after a retry)
         self._done.add(offset)
-        self._dirty = True
+        self.changes += 1
         while self._in_flight and self._in_flight[0] in self._done:
             first = self._in_flight.popleft()
             self._done.discard(first)
@@ -73,13 +84,13 @@ class PartitionOffsets:
     def needs_commit(self) -> bool:
         """True when the commit point or the record of done offsets changed since."""
         return self.commit_point is not None and (
-            self.commit_point != self.committed or self._dirty
+            self.commit_point != self.committed or self.changes != self._committed_changes
         )
 
-    def committed_at(self, offset: int) -> None:
-        """Record a successful commit of ``offset`` with the metadata of that moment."""
+    def committed_at(self, offset: int, changes: int | None = None) -> None:
+        """Record a commit of ``offset`` whose metadata was taken at ``changes``."""
         self.committed = offset
-        self._dirty = False
+        self._committed_changes = self.changes if changes is None else changes
 
     def metadata(self, max_bytes: int = METADATA_MAX_BYTES) -> str:
         """The commit metadata: offsets done beyond the commit point, compactly."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.enricher import HOLD_AUTH, HOLD_RATE_LIMIT, Enricher
+from worker.delivery import AtLeastOnce, ExactlyOnce, TransactionFailed
+from worker.enricher import HOLD_AUTH, HOLD_RATE_LIMIT, HOLD_UNAVAILABLE, Enricher
 from worker.errors import InputError
 from worker.events import Source, build_dlq_record, build_event
 from worker.inputs import parse_message
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 _POLL_TIMEOUT_MS = 200
 _CAUGHT_UP_CHECK_S = 0.2
 _PRODUCE_RETRY_S = 1.0
+_CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -80,7 +83,12 @@ class Pipeline:
         self._limits = settings.pipeline
         self._enricher = enricher
         self._consumer = consumer
-        self._producer = producer
+        self._delivery: AtLeastOnce | ExactlyOnce = (
+            ExactlyOnce(producer, group_id=settings.kafka.group_id)
+            if settings.pipeline.exactly_once
+            else AtLeastOnce(producer, consumer)
+        )
+        self._failed = asyncio.Event()
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
         self._metrics = metrics
         self._health = health or Health()
@@ -95,7 +103,7 @@ class Pipeline:
     async def run(self, *, stop: asyncio.Event | None = None, burst: bool = False) -> RunStats:
         """Process messages until ``stop`` is set or, with ``burst``, until caught up."""
         stop = stop or asyncio.Event()
-        await self._producer.start()
+        await self._delivery.start()
         await self._admin.start()
         try:
             await self._consumer.start()
@@ -103,19 +111,22 @@ class Pipeline:
                 self._consumer.subscribe([self._kafka.input_topic], listener=_Rebalance(self))
                 await self._loop(stop, burst)
             finally:
-                await self._drain_and_commit()
-                await self._consumer.stop()
+                # Bounded, even when the broker is gone: what is not committed is repeated.
+                await _bounded(self._drain_and_commit(), self._limits.shutdown_grace_s + 5, "drain")
+                await _bounded(self._consumer.stop(), _CLOSE_TIMEOUT_S, "consumer close")
         finally:
-            await self._admin.close()
-            await self._producer.stop()
+            await _bounded(self._admin.close(), _CLOSE_TIMEOUT_S, "admin close")
+            await _bounded(self._delivery.stop(), _CLOSE_TIMEOUT_S, "producer close")
             self._health.ready = False
             self._health.reason = "stopped"
+        if self._failed.is_set():
+            raise TransactionFailed("an exactly-once transaction failed; restart the worker")
         return self.stats
 
     async def _loop(self, stop: asyncio.Event, burst: bool) -> None:
         next_commit = time.monotonic() + self._limits.commit_interval_s
         next_caught_up_check = 0.0
-        while not stop.is_set():
+        while not stop.is_set() and not self._failed.is_set():
             self._health.beat()
             hold = self._enricher.hold_reason()
             if hold != self._hold:
@@ -126,6 +137,11 @@ class Pipeline:
                 timeout_ms=_POLL_TIMEOUT_MS,
                 max_records=max(1, min(room, self._kafka.max_poll_records)),
             )
+            missing = {tp for tp in batch if tp not in self._trackers}
+            if missing:
+                # Before the first record of a partition: what did its last owner finish?
+                # (Not in the rebalance listener: aiokafka may fetch before that returns.)
+                await self._load_trackers(missing)
             for tp, records in batch.items():
                 for record in records:
                     self._dispatch(tp, record)
@@ -168,8 +184,11 @@ class Pipeline:
                 tracker.last_progress = now
         self._metrics.lockout_active.set(1 if hold == HOLD_RATE_LIMIT else 0)
         self._metrics.auth_refused.set(1 if hold == HOLD_AUTH else 0)
+        self._metrics.api_unavailable.set(1 if hold == HOLD_UNAVAILABLE else 0)
         if hold == HOLD_RATE_LIMIT:
             log.warning("Cloudflare rate limit lockout: input paused until it ends")
+        elif hold == HOLD_UNAVAILABLE:
+            log.error("Cloudflare API unavailable: input paused until it answers again")
         elif hold == HOLD_AUTH:
             log.error("Cloudflare refuses the credentials: input paused, readiness red")
         else:
@@ -186,12 +205,19 @@ class Pipeline:
             self._health.reason = f"{len(self._consumer.assignment())} partitions assigned"
 
     def _apply_backpressure(self, room: int) -> None:
+        """Pause what must wait: everything when full, else partitions with too much open."""
         assignment = self._consumer.assignment()
+        per_partition = self._limits.max_pending_per_partition
+        wanted = (
+            set(assignment)
+            if room <= 0
+            else {tp for tp in assignment if len(self._trackers.get(tp, ())) >= per_partition}
+        )
         paused = self._consumer.paused()
-        if room <= 0 and assignment - paused:
-            self._consumer.pause(*assignment)
-        elif room > 0 and paused:
-            self._consumer.resume(*paused)
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         tracker = self._trackers.get(tp)
@@ -322,7 +348,17 @@ class Pipeline:
             investigate_id=investigate_id,
             attempts=attempts,
         )
-        await self._produce(self._kafka.dlq_topic, message.key, orjson.dumps(record))
+        try:
+            await self._produce(self._kafka.dlq_topic, message.key, orjson.dumps(record))
+        except _EventTooLarge:
+            # Even cut, the record is refused (a broker with a small message.max.bytes):
+            # keep the reason and the hash, drop the original bytes, never hold the line.
+            record = build_dlq_record(
+                reason=reason, detail=detail, source=message.source, key=message.key,
+                value=message.value, timestamp_ms=message.timestamp_ms,
+                investigate_id=investigate_id, attempts=attempts, max_original_bytes=0,
+            )  # fmt: skip
+            await self._produce(self._kafka.dlq_topic, None, orjson.dumps(record))
         self._metrics.dlq.labels(reason=reason).inc()
         self.stats.dlq += 1
 
@@ -330,37 +366,46 @@ class Pipeline:
         """Send and wait for the broker's ack; retry broker trouble, never drop silently."""
         while True:
             try:
-                delivery = await self._producer.send(topic, value=value, key=key)
-                await delivery
+                await self._delivery.send(topic, key, value)
                 return
             except MessageSizeTooLargeError as exc:
                 raise _EventTooLarge(f"{len(value)} bytes refused by the broker") from exc
+            except TransactionFailed:
+                raise
             except KafkaError as exc:
-                if self._stopping:
+                if self._stopping or self._settings.pipeline.exactly_once:
                     raise
                 log.warning("produce failed; retrying", extra={"topic": topic, "error": repr(exc)})
                 await asyncio.sleep(_PRODUCE_RETRY_S)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        due = {
-            tp: tracker
-            for tp, tracker in self._trackers.items()
-            if tracker.needs_commit() and (only is None or tp in only)
-        }
-        if not due:
-            return
-        # Offsets done beyond the commit point ride along as metadata (see offsets.py).
-        offsets = {tp: (t.commit_point, t.metadata()) for tp, t in due.items()}
+        if self._settings.pipeline.exactly_once:
+            only = None  # a transaction holds every partition's outputs: commit them all
+        due: dict[TopicPartition, tuple[PartitionOffsets, int]] = {}
+
+        def collect() -> dict[TopicPartition, tuple[int, str]]:
+            # Offsets done beyond the commit point ride along as metadata (see offsets.py).
+            offsets: dict[TopicPartition, tuple[int, str]] = {}
+            for tp, tracker in self._trackers.items():
+                point = tracker.commit_point
+                if point is not None and tracker.needs_commit() and (only is None or tp in only):
+                    offsets[tp] = (point, tracker.metadata())
+                    due[tp] = (tracker, tracker.changes)
+            return offsets
+
         try:
-            await self._consumer.commit(offsets)
+            committed = await self._delivery.commit(collect)
+        except TransactionFailed:
+            log.error("exactly-once transaction failed; stopping to restart from the last one")
+            self._failed.set()
+            return
         except KafkaError as exc:
             # Not skipped: the same (or a later) point is committed on the next try.
             log.warning("commit failed; will retry", extra={"error": repr(exc)})
             return
-        for tp, tracker in due.items():
-            point = offsets[tp][0]
-            assert point is not None
-            tracker.committed_at(point)
+        for tp, (point, _) in committed.items():
+            tracker, changes = due[tp]
+            tracker.committed_at(point, changes)  # later changes still need a commit
             self._metrics.committed.labels(topic=tp.topic, partition=str(tp.partition)).set(point)
 
     async def _committed(self, tps: set[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
@@ -389,6 +434,8 @@ class Pipeline:
         assignment = self._consumer.assignment()
         if not assignment:
             return False
+        if any(len(tracker) for tracker in self._trackers.values()):
+            return False  # a message that could not be finished holds its partition
         ends = await self._consumer.end_offsets(list(assignment))
         for tp in assignment:
             if await self._consumer.position(tp) < ends[tp]:
@@ -407,7 +454,9 @@ class Pipeline:
     async def _drain_and_commit(self) -> None:
         """On shutdown: finish what is in flight (up to the grace period), then commit."""
         self._stopping = True
-        await self._wait_for(set(self._tasks), self._limits.shutdown_grace_s)
+        # While no call can succeed, in-flight work cannot finish: do not wait for it.
+        grace = 0.0 if self._hold is not None else self._limits.shutdown_grace_s
+        await self._wait_for(set(self._tasks), grace)
         leftover = [t for tasks in self._tasks.values() for t in tasks if not t.done()]
         for task in leftover:
             task.cancel()
@@ -416,8 +465,18 @@ class Pipeline:
         await self._commit()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance: let those partitions' work finish, commit it, then let them go."""
-        await self._wait_for(revoked, self._limits.shutdown_grace_s)
+        """Rebalance: give those partitions' work a moment, commit what is done, let go.
+
+        The wait is short (the group waits for us, and work may be queued behind the rate
+        budget for minutes); what is still running is cancelled and left to the next
+        owner, and what finished beyond the commit point travels in the metadata.
+        """
+        await self._wait_for(revoked, self._limits.rebalance_grace_s)
+        left = [t for tp in revoked for t in self._tasks.get(tp, ()) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
         await self._commit(revoked)
         for tp in revoked:
             self._trackers.pop(tp, None)
@@ -425,13 +484,16 @@ class Pipeline:
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rebalance: start records for the new partitions, with what is already done."""
-        committed = await self._committed(assigned)
-        for tp in assigned:
+    async def _load_trackers(self, tps: set[TopicPartition]) -> None:
+        """Start the records of new partitions from the group's commit and its metadata."""
+        committed = await self._committed(tps)
+        for tp in tps:
             offset, metadata = committed.get(tp, (None, ""))
             skip = decode_done(offset, metadata) if offset is not None else frozenset()
             self._trackers[tp] = PartitionOffsets(committed=offset, skip=skip)
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Rebalance: the partitions are ours (their records start with their first batch)."""
         self._assigned_once = True
         self._update_readiness()
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
@@ -445,7 +507,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._pipeline.on_assigned(set(assigned))
+        self._pipeline.on_assigned(set(assigned))
+
+
+async def _bounded(step: Awaitable[None], timeout_s: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.error(
+            "shutdown step timed out; uncommitted work will be repeated", extra={"step": what}
+        )
+    except KafkaError as exc:
+        log.error("shutdown step failed", extra={"step": what, "error": repr(exc)})
 
 
 def _where(source: Source) -> dict[str, Any]:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from worker.cloudflare.models import Detections
-from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
+from worker.errors import (
+    ApiError,
+    ApiUnavailableError,
+    AuthError,
+    RateLimitedError,
+    TransientApiError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +99,10 @@ async def fetch_with_retry(
             if not exc.retriable:
                 outcome.error = exc
                 return outcome
-            if isinstance(exc, AuthError):
-                # The client holds every call while the credentials are refused; this
-                # message waits its turn to try again, without using up its attempts.
-                on_retry("auth")
+            if isinstance(exc, AuthError | ApiUnavailableError):
+                # The client holds every call while the credentials are refused or the API
+                # is down; this message waits its turn, without using up its attempts.
+                on_retry("auth" if isinstance(exc, AuthError) else "api_unavailable")
                 await sleep(policy.cap_s)
                 continue
             retry_after = exc.retry_after_s if isinstance(exc, TransientApiError) else None

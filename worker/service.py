@@ -68,7 +68,7 @@ async def run_worker(
             settings=settings,
             enricher=enricher,
             consumer=build_consumer(settings.kafka),
-            producer=build_producer(settings.kafka),
+            producer=build_producer(settings.kafka, transactional=settings.pipeline.exactly_once),
             metrics=metrics,
             health=health,
         )

@@ -41,7 +41,7 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     """Where ids come from and where events and DLQ records go."""
 
-    bootstrap_servers: str = "127.0.0.1:39092"
+    bootstrap_servers: str = "127.0.0.1:19092"
     input_topic: str = "email-investigate-ids"
     output_topic: str = "email-enrichment-events"
     dlq_topic: str = "email-enrichment-dlq"
@@ -49,7 +49,9 @@ class KafkaSettings(_Section):
     client_id: str = "enrich-worker"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
     linger_ms: int = Field(default=5, ge=0, le=1_000)
+    transactional_id: str | None = None
 
 
 class CloudflareSettings(_Section):
@@ -99,6 +101,17 @@ class CloudflareSettings(_Section):
             raise ValueError("must be 32 lowercase hex characters")
         return value
 
+    @field_validator("api_token", "auth_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            if not secret.strip():
+                raise ValueError("is empty (an empty token file?)")
+            if any(c.isspace() or not c.isprintable() for c in secret):
+                raise ValueError("contains whitespace or control characters")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> CloudflareSettings:
         if not self.base_url.startswith(("http://", "https://")):
@@ -126,9 +139,12 @@ class PipelineSettings(_Section):
     """Bounds and timings of the run loop."""
 
     max_pending_messages: int = Field(default=2_000, ge=1)
+    max_pending_per_partition: int = Field(default=500, ge=1)
+    exactly_once: bool = False
     commit_interval_s: float = Field(default=1.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     stuck_after_s: float = Field(default=600.0, gt=0)
+    rebalance_grace_s: float = Field(default=5.0, ge=0)
     max_message_bytes: int = Field(default=65_536, ge=64)
 
 
@@ -145,6 +161,11 @@ class LogSettings(_Section):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -169,6 +190,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     Raises ConfigError with every invalid setting named as its env var.
     """
+    _reject_unknown_env()
     path = config_file or _env_path(CONFIG_FILE_ENV)
     if path is not None and not path.is_file():
         raise ConfigError(
@@ -199,6 +221,24 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return loaded
 
 
+def _reject_unknown_env() -> None:
+    """A misspelt ENRICH_<SECTION>__<NAME> would be ignored silently: refuse it instead."""
+    known = {
+        f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+        for section, info in Settings.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        for name in info.annotation.model_fields
+    }
+    unknown = sorted(
+        k for k in os.environ if k.startswith(ENV_PREFIX) and "__" in k and k.upper() not in known
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown settings in the environment: {', '.join(unknown)} "
+            "(see config/example.toml or the README for the names)"
+        )
+
+
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
@@ -209,6 +249,8 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
     for err in exc.errors(include_input=False, include_url=False):
         dotted = ".".join(str(p) for p in err["loc"])
         env = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+        if len(err["loc"]) == 1:  # a rule across a section's settings
+            env += "__*"
         where = f" ({env}" + (f" or {dotted} in {path})" if path else ")")
         lines.append(f"  {dotted or '<root>'}{where}: {err['msg']}")
     return "\n".join(lines)

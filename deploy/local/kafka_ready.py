@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Exit 0 if a Kafka broker answers a Metadata request with at least one broker."
     )
-    parser.add_argument("target", help="HOST:PORT of the broker, e.g. 127.0.0.1:39092")
+    parser.add_argument("target", help="HOST:PORT of the broker, e.g. 127.0.0.1:19092")
     parser.add_argument(
         "--timeout", type=float, default=3.0, help="seconds for the whole attempt (default 3)"
     )

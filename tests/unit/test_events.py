@@ -10,6 +10,7 @@ original bytes exactly.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import uuid
@@ -368,6 +369,9 @@ def test_dlq_record_without_key_value_or_attempts() -> None:
         "investigate_id": None,
         "original_key_b64": None,
         "original_value_b64": None,
+        "original_truncated": False,
+        "original_value_size": None,
+        "original_value_sha256": None,
         "attempts": 0,
         "first_attempt_at": None,
         "last_attempt_at": None,
@@ -407,3 +411,16 @@ def test_dlq_record_with_attempts_and_source() -> None:
     assert record["last_attempt_at"] == "2026-01-05T10:00:09.500Z"
     assert record["last_http_status"] == 404
     assert record["last_error_codes"] == [7003]
+
+
+def test_a_huge_original_is_cut_so_the_dlq_record_always_fits() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB
+    record = build_dlq_record(
+        reason="oversized", detail="d", source=None, key=b"k", value=value,
+        max_original_bytes=1000,
+    )  # fmt: skip
+    assert base64.b64decode(record["original_value_b64"]) == value[:1000]
+    assert base64.b64decode(record["original_key_b64"]) == b"k"
+    assert record["original_truncated"] is True
+    assert record["original_value_size"] == len(value)
+    assert record["original_value_sha256"] == hashlib.sha256(value).hexdigest()

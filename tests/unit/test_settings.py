@@ -41,7 +41,7 @@ def config_error(*args: object, **kwargs: object) -> str:
 def test_defaults() -> None:
     settings = load_settings()
     assert settings.kafka.input_topic == "email-investigate-ids"
-    assert settings.kafka.bootstrap_servers == "127.0.0.1:39092"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
     assert settings.cloudflare.base_url == "https://api.cloudflare.com/client/v4"
     assert settings.cloudflare.account_id is None
     assert settings.cloudflare.api_token is None

@@ -10,81 +10,31 @@ shape (2026 or 2025) and every error body against the 4XX schema.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import jsonschema
 import orjson
 import pytest
 
+from tests.unit.schema import (
+    PATH_2025,
+    SCHEMA_4XX,
+    SCHEMA_2025,
+    SCHEMA_2026,
+    SPEC,
+    openapi_to_jsonschema,
+    validator,
+)
 from worker.cloudflare.answers import parse_answer
 from worker.httpserver import Request, Response
 from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
 from worker.simulator.app import hash_fraction
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
-SPEC = json.loads((Path(__file__).parent / "data" / "openapi-email-security.json").read_text())
 BEARER = {"authorization": f"Bearer {DEFAULT_TOKEN}"}
 N_IDS = 300
 
-
-# --- OpenAPI 3.0 -> JSON Schema -------------------------------------------------------------
-
-
-def openapi_to_jsonschema(node: Any, components: dict[str, Any] | None = None) -> Any:
-    """Inline local $refs and turn OpenAPI ``nullable: true`` into a JSON Schema null union.
-
-    ``nullable`` on a member of an ``allOf`` (the 2025 spec writes nullable enums as
-    ``allOf: [{$ref: enum}, {nullable: true, type: string}]``) makes the whole ``allOf``
-    accept null, which is what the spec's authors meant.
-    """
-    if isinstance(node, list):
-        return [openapi_to_jsonschema(item, components) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        assert components is not None, f"unresolvable {node['$ref']}"
-        prefix = "#/components/schemas/"
-        assert node["$ref"].startswith(prefix), node["$ref"]
-        return openapi_to_jsonschema(components[node["$ref"][len(prefix) :]], components)
-    schema = {
-        key: openapi_to_jsonschema(value, components)
-        for key, value in node.items()
-        if key not in ("nullable", "example", "x-auditable")
-    }
-    if "allOf" in node and any(m.get("nullable") for m in node["allOf"] if isinstance(m, dict)):
-        return {"anyOf": [{"type": "null"}, schema]}
-    if node.get("nullable"):
-        if "type" in schema:
-            schema["type"] = [schema["type"], "null"]
-        if "enum" in schema and None not in schema["enum"]:
-            schema["enum"] = [*schema["enum"], None]
-    return schema
-
-
-def validator(schema: dict[str, Any]) -> jsonschema.Draft7Validator:
-    jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
-
-
-SCHEMA_2026 = validator(
-    openapi_to_jsonschema(SPEC["current_2026"]["resolved"]["detections_200_body"])
-)
-SCHEMA_4XX = validator(
-    openapi_to_jsonschema(SPEC["current_2026"]["resolved"]["detections_4XX_body"])
-)
-_P2025 = SPEC["previous_2025"]
-_PATH_2025 = "/accounts/{account_id}/email-security/investigate/{postfix_id}/detections"
-SCHEMA_2025 = validator(
-    openapi_to_jsonschema(
-        _P2025["paths"][_PATH_2025]["get"]["responses"]["200"]["content"]["application/json"][
-            "schema"
-        ],
-        _P2025["components"]["schemas"],
-    )
-)
+# The OpenAPI -> JSON Schema helper and the validators live in tests/unit/schema.py.
 
 
 def test_nullable_helper() -> None:
@@ -114,7 +64,7 @@ def test_nullable_helper() -> None:
 def test_schemas_reject_what_they_should() -> None:
     good_2026 = {"success": True, "errors": [], "messages": [], "result": {}}
     assert not SCHEMA_2026.is_valid(good_2026)  # required result fields missing
-    body_2025 = SPEC["previous_2025"]["paths"][_PATH_2025]["get"]["responses"]["200"]
+    body_2025 = SPEC["previous_2025"]["paths"][PATH_2025]["get"]["responses"]["200"]
     example = body_2025["content"]["application/json"]["schema"]["allOf"][1]["properties"]
     envelope = {"success": True, "errors": [], "messages": []}
     assert SCHEMA_2025.is_valid({**envelope, "result": example["result"]["example"]})
@@ -381,6 +331,10 @@ async def test_stats_endpoint_is_not_counted() -> None:
     assert stats == {
         "requests_total": 1,
         "requests_by_status": {"200": 1},
+        "requests_by_route": {"detections": 1},
         "rate_limited_total": 0,
+        "lockouts_triggered": 0,
+        "locked_out": False,
+        "faults_by_kind": {},
         "unique_ids_answered": 1,
     }

@@ -18,7 +18,14 @@ from worker.budget import Budget
 from worker.cloudflare.answers import parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
 from worker.concurrency import AdaptiveLimit
-from worker.errors import ApiError, AuthError, RateLimitedError, TransientApiError
+from worker.errors import (
+    AccountForbiddenError,
+    ApiError,
+    ApiUnavailableError,
+    AuthError,
+    RateLimitedError,
+    TransientApiError,
+)
 from worker.inputs import validate_account_id, validate_investigate_id
 from worker.observability import Metrics
 from worker.settings import CloudflareSettings
@@ -74,6 +81,8 @@ class DetectionsClient:
         auth_retry_s: float = 60.0,
         reserve: int = 0,
         min_in_flight: int = 1,
+        outage_after: int = 25,
+        default_account: str | None = None,
     ) -> None:
         self._base_url = base_url
         self._http = http
@@ -91,9 +100,22 @@ class DetectionsClient:
         self._auth_logged_at = -auth_retry_s
         self.credentials_refused = False
         """True from a refused-credentials answer until any other answer arrives."""
+        self.api_unavailable = False
+        """True after ``outage_after`` transient failures in a row, until a call succeeds."""
+        self._failures_in_a_row = 0
+        self._outage_after = outage_after
+        self._default_account = default_account
 
     async def fetch(self, account_id: str, investigate_id: str) -> Detections:
         """One call. Returns the detections or raises an ApiError subclass."""
+        try:
+            detections = await self._call(account_id, investigate_id)
+        except ApiError as exc:
+            raise self._account_wide(exc, account_id) from None
+        self._calls_flow()
+        return detections
+
+    async def _call(self, account_id: str, investigate_id: str) -> Detections:
         url = detections_url(self._base_url, account_id, investigate_id)
         async with self._slots:
             sent_at, waited = await self._budget.reserve()
@@ -123,38 +145,58 @@ class DetectionsClient:
                 self._slots.struggled()
             else:
                 self._slots.succeeded()
-        try:
-            detections = parse_answer(
-                response.status_code,
-                response.headers,
-                response.content,
-                default_retry_after_s=self._default_retry_after_s,
-            )
-        except AuthError as exc:
+        return parse_answer(
+            response.status_code,
+            response.headers,
+            response.content,
+            default_retry_after_s=self._default_retry_after_s,
+        )
+
+    def _account_wide(self, exc: ApiError, account_id: str) -> ApiError:
+        """Turn what one failed call says about the whole account into a hold of all calls."""
+        if isinstance(exc, AuthError):
+            if self._default_account is not None and account_id != self._default_account:
+                # Our token works for our account but not this message's: its fault alone.
+                return AccountForbiddenError(exc.detail, status=exc.status, codes=exc.codes)
             self.credentials_refused = True
-            # No call can succeed with these credentials: hold all of them for a while so
-            # that a bad token costs one probe per interval, not the whole budget.
-            self._budget.block_for(self._auth_retry_s)
-            now = time.monotonic()
-            if now - self._auth_logged_at >= self._auth_retry_s:
-                self._auth_logged_at = now
-                log.error(
-                    "Cloudflare refused the credentials; holding every message until they "
-                    "work (fix the token or its permission 'Cloud Email Security: Read')",
-                    extra={"status": exc.status, "codes": list(exc.codes)},
-                )
-            raise
-        except RateLimitedError as exc:
-            self.credentials_refused = False
+            # No call can succeed: hold all of them, so that a bad token costs one probe
+            # per interval, not the whole budget.
+            self._hold("Cloudflare refused the credentials; holding every message until "
+                       "they work (fix the token or its permission 'Cloud Email Security: "
+                       "Read')", exc)  # fmt: skip
+            return exc
+        self.credentials_refused = False
+        if isinstance(exc, RateLimitedError):
             # The whole account is blocked: hold every call, not only this one.
             wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
             self._budget.block_for(max(1.0, wait))
-            raise
-        except ApiError:
-            self.credentials_refused = False
-            raise
+            return exc
+        if not isinstance(exc, TransientApiError):
+            self._failures_in_a_row = 0
+            self.api_unavailable = False
+            return exc
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row < self._outage_after:
+            return exc
+        # So many calls in a row failed that the API (or the path to it) is down: hold
+        # every call instead of spending each message's attempts and sending it to the DLQ.
+        self.api_unavailable = True
+        self._hold(f"Cloudflare API unavailable ({self._failures_in_a_row} failed calls in a "
+                   "row); holding every message until it answers (check base_url and the "
+                   "network if this lasts)", exc)  # fmt: skip
+        return ApiUnavailableError(exc.detail, status=exc.status, codes=exc.codes)
+
+    def _hold(self, message: str, exc: ApiError) -> None:
+        self._budget.block_for(self._auth_retry_s)
+        now = time.monotonic()
+        if now - self._auth_logged_at >= self._auth_retry_s:
+            self._auth_logged_at = now
+            log.error(message, extra={"status": exc.status, "codes": list(exc.codes)})
+
+    def _calls_flow(self) -> None:
         self.credentials_refused = False
-        return detections
+        self.api_unavailable = False
+        self._failures_in_a_row = 0
 
 
 def build_http_client(
