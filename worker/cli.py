@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         "failed, 2 configuration error.",
     )
 
+    health = sub.add_parser(
+        "check-health",
+        help="exit 0 if a running worker is live and ready (for container health checks)",
+        description="Ask a running `enrich-worker run` for /healthz (liveness) and /readyz "
+        "(readiness) and print one line each. Exit status: 0 both answered 200, 1 otherwise "
+        "(not answering counts as failed). Without --url it asks 127.0.0.1 on metrics.port "
+        "from the settings (9108 by default).",
+    )
+    health.add_argument("--url", help="base URL of the endpoint, e.g. http://127.0.0.1:9108")
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds per request (default 3)"
+    )
+
     topics = sub.add_parser(
         "create-topics",
         help="create the input, output and DLQ topics if they do not exist",
@@ -148,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "check-health":
+            return _check_health(args)
         settings = load_settings(args.config)
         from worker.observability import setup_logging
 
@@ -259,6 +274,32 @@ async def _check(settings: Settings) -> int:
     for result in results:
         print(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.detail}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _check_health(args: argparse.Namespace) -> int:
+    """Fast and dependency-free: stdlib HTTP, no logging setup, settings only for the port."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        try:
+            port = load_settings(args.config).metrics.port
+        except ConfigError:
+            port = 9108  # the health check must not fail on a setting the worker would refuse
+        url = f"http://127.0.0.1:{port}"
+    healthy = True
+    for path in ("/healthz", "/readyz"):
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=args.timeout) as answer:
+                status, text = answer.status, answer.read(200).decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read(200).decode(errors="replace")
+        except (OSError, ValueError) as exc:
+            status, text = 0, f"no answer from {url} ({exc})"
+        healthy = healthy and status == 200
+        print(f"{'ok  ' if status == 200 else 'FAIL'} {path}: {text.strip() or status}")
+    return EXIT_OK if healthy else EXIT_FAILED
 
 
 async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -> int:

@@ -103,6 +103,7 @@ async def open_enricher(
     """An Enricher with its HTTP pool, closed on exit."""
     credentials = Credentials.from_settings(settings)
     budget = budget or Budget(calls=settings.effective_budget, window_s=settings.budget_window_s)
+    metrics.budget_remaining.set_function(lambda: max(0, budget.remaining()))  # at scrape time
     async with build_http_client(settings, transport) as http:
         client = DetectionsClient(
             base_url=settings.base_url,

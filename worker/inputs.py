@@ -65,7 +65,7 @@ def parse_message(
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError("undecodable", f"not UTF-8 at byte {exc.start}") from None
-    text = text.strip()
+    text = text.lstrip("\ufeff").strip()  # a byte-order mark from a file-based producer
     if not text:
         raise InputError("empty", "message is empty or only whitespace")
     if text[0] in '{["':
@@ -88,10 +88,16 @@ def _parse_json(text: str, default_account_id: str | None) -> EnrichRequest:
     if "investigate_id" not in doc:
         raise InputError("missing_id", "JSON object has no investigate_id")
     investigate_id = validate_investigate_id(doc["investigate_id"])
+    context = doc.get("context")
+    if isinstance(context, dict | list):
+        try:  # the event must be writable: checked now, before an API call is spent
+            orjson.dumps(context)
+        except orjson.JSONEncodeError as exc:
+            raise InputError("invalid_context", f"context cannot be written back: {exc}") from None
     return EnrichRequest(
         investigate_id=investigate_id,
         account_id=_account(doc.get("account_id"), default_account_id),
-        context=doc.get("context"),
+        context=context,
     )
 
 

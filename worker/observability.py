@@ -4,6 +4,7 @@ endpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ from worker import __version__
 from worker.httpserver import Handler, Request, Response
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_END_TO_END_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+_MAX_ERROR_CODES = 50
+"""Distinct Cloudflare error codes kept as label values; any further one counts as other."""
 
 
 class Metrics:
@@ -127,9 +133,89 @@ class Metrics:
             ["disposition"],
             registry=registry,
         )
+        self.api_errors = Counter(
+            "enrich_api_errors_total",
+            "Cloudflare error codes in API answers (one per code listed), by code.",
+            ["code"],
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            "enrich_budget_remaining",
+            "Calls the rate budget would let through right now.",
+            registry=registry,
+        )
+        self.lockouts = Counter(
+            "enrich_api_lockouts_total",
+            "Rate limit lockouts (a 429 while calls were not already held).",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "enrich_consumer_lag_messages",
+            "Input messages after the committed offset (high watermark minus commit), "
+            "per partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.uncommitted = Gauge(
+            "enrich_uncommitted_offsets",
+            "Offsets consumed from the partition and not yet behind its commit point "
+            "(in flight or finished out of order).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "enrich_end_to_end_latency_seconds",
+            "From the input message's timestamp to its event or DLQ record acknowledged.",
+            buckets=_END_TO_END_BUCKETS,
+            registry=registry,
+        )
+        self.drain_estimate = Gauge(
+            "enrich_backlog_drain_seconds",
+            "Estimated seconds to work off the current lag at the recent completion rate "
+            "(+Inf when there is lag and nothing completes).",
+            registry=registry,
+        )
+        self._error_codes: set[str] = set()
         Info("enrich_build", "Version of the worker.", registry=registry).info(
             {"version": __version__}
         )
+
+    def api_error(self, code: int) -> None:
+        """Count one Cloudflare error code; label values stay few whatever the API sends."""
+        label = str(code)
+        if label not in self._error_codes:
+            if len(self._error_codes) >= _MAX_ERROR_CODES:
+                label = "other"
+            else:
+                self._error_codes.add(label)
+        self.api_errors.labels(code=label).inc()
+
+    def message_finished(self, timestamp_ms: int | None) -> None:
+        """Observe end-to-end latency from the input's timestamp (skipped when it has none)."""
+        if timestamp_ms is not None and timestamp_ms > 0:
+            self.end_to_end.observe(max(0.0, time.time() - timestamp_ms / 1000))
+
+    def partition(self, topic: str, partition: int, *, lag: int | None, uncommitted: int) -> None:
+        """Set the per-partition gauges (lag only when the high watermark is known)."""
+        labels = (topic, str(partition))
+        if lag is not None:
+            self.lag.labels(*labels).set(lag)
+        self.uncommitted.labels(*labels).set(uncommitted)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the series of a partition this worker no longer owns."""
+        for gauge in (self.lag, self.uncommitted, self.committed):
+            try:
+                gauge.remove(topic, str(partition))
+            except KeyError:
+                pass
+
+    def drain(self, lag: int, rate_per_s: float) -> None:
+        """Set the drain estimate from the total lag and the recent completion rate."""
+        if lag <= 0:
+            self.drain_estimate.set(0)
+        else:
+            self.drain_estimate.set(lag / rate_per_s if rate_per_s > 0 else math.inf)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

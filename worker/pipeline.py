@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ _POLL_TIMEOUT_MS = 200
 _CAUGHT_UP_CHECK_S = 0.2
 _PRODUCE_RETRY_S = 1.0
 _CLOSE_TIMEOUT_S = 5.0
+_RATE_WINDOW_S = 60.0
+"""The drain estimate divides the lag by the completion rate over this recent window."""
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Pipeline:
         self._stopping = False
         self._assigned_once = False
         self._hold: str | None = None
+        self._finished_samples: deque[tuple[float, int]] = deque()
         self.stats = RunStats()
 
     async def run(self, *, stop: asyncio.Event | None = None, burst: bool = False) -> RunStats:
@@ -148,6 +152,7 @@ class Pipeline:
             now = time.monotonic()
             if now >= next_commit:
                 await self._commit()
+                self._observe_partitions(now)
                 next_commit = now + self._limits.commit_interval_s
             self._check_stuck(now)
             if burst and not batch and now >= next_caught_up_check:
@@ -155,6 +160,31 @@ class Pipeline:
                 if await self._caught_up():
                     log.info("caught up with the input topic; stopping (burst mode)")
                     return
+
+    def _observe_partitions(self, now: float) -> None:
+        """Lag, out-of-order record size and drain estimate; on the commit interval only."""
+        total_lag = 0
+        for tp in self._consumer.assignment():
+            tracker = self._trackers.get(tp)
+            highwater = self._consumer.highwater(tp)
+            base = None
+            if tracker is not None:
+                base = (
+                    tracker.committed if tracker.committed is not None else tracker.oldest_pending
+                )
+            lag = None if highwater is None or base is None else max(0, highwater - base)
+            total_lag += lag or 0
+            self._metrics.partition(
+                tp.topic, tp.partition, lag=lag, uncommitted=len(tracker) if tracker else 0
+            )
+        finished = self.stats.produced + self.stats.dlq + self.stats.skipped
+        samples = self._finished_samples
+        samples.append((now, finished))
+        while len(samples) > 2 and now - samples[0][0] > _RATE_WINDOW_S:
+            samples.popleft()
+        span = now - samples[0][0]
+        rate = (finished - samples[0][1]) / span if span > 0 else 0.0
+        self._metrics.drain(total_lag, rate)
 
     def _check_stuck(self, now: float) -> None:
         """Liveness fails when a partition with work finished nothing for stuck_after_s."""
@@ -256,6 +286,7 @@ class Pipeline:
             await self._process(message)
             tracker.done(record.offset)
             tracker.last_progress = time.monotonic()
+            self._metrics.message_finished(record.timestamp)
         except asyncio.CancelledError:
             raise  # not done, so not committed: it is processed again after a restart
         except Exception:  # the outermost handler of a message: never let a bug stop the line
@@ -481,6 +512,7 @@ class Pipeline:
         for tp in revoked:
             self._trackers.pop(tp, None)
             self._tasks.pop(tp, None)
+            self._metrics.forget_partition(tp.topic, tp.partition)
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 

@@ -116,6 +116,12 @@ class CloudflareSettings(_Section):
     def _check(self) -> CloudflareSettings:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with https:// (or http:// for the simulator)")
+        if not self.base_url.rstrip("/").endswith("/client/v4"):
+            # Cloudflare answers an unknown path with 7003 "No route", which would send
+            # every message to the DLQ as not_found.
+            raise ValueError(
+                "base_url must end with /client/v4, e.g. https://api.cloudflare.com/client/v4"
+            )
         if self.api_token is None and (self.auth_email is None) != (self.auth_key is None):
             raise ValueError("auth_email and auth_key must be set together")
         return self

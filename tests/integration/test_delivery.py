@@ -35,7 +35,7 @@ from tests.conftest import (
 from worker.kafka import committed_offsets, end_offsets
 from worker.simulator import DEFAULT_TOKEN, catalog_id
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SEED = 11
 MAX_PENDING = 200

@@ -304,3 +304,24 @@ def test_missing_account_id_without_default(raw: bytes) -> None:
 
 def test_invalid_id_is_reported_before_missing_account() -> None:
     assert reason_of(b"a/b", default=None) == "invalid_id"
+
+
+def test_a_byte_order_mark_before_an_id_is_ignored() -> None:
+    request = parse_message(
+        "\ufeff4Njp3P0STMz2c02Q-2024-01-05T10:00:00-12345678".encode(),
+        default_account_id="0" * 32,
+        max_bytes=1000,
+    )
+    assert request.investigate_id == "4Njp3P0STMz2c02Q-2024-01-05T10:00:00-12345678"
+
+
+def test_a_context_too_deep_to_write_back_is_refused_before_any_call() -> None:
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    message = orjson.dumps({"investigate_id": "abc", "context": {"a": 1}})
+    assert parse_message(message, default_account_id="0" * 32, max_bytes=10**6).context == {"a": 1}
+    deep_text = '{"investigate_id": "abc", "context": ' + "[" * 300 + "1" + "]" * 300 + "}"
+    with pytest.raises(InputError) as caught:
+        parse_message(deep_text.encode(), default_account_id="0" * 32, max_bytes=10**6)
+    assert caught.value.reason == "invalid_context"

@@ -58,3 +58,9 @@ def test_a_rule_across_settings_names_the_section(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("ENRICH_CLOUDFLARE__AUTH_EMAIL", "soc@example.com")
     with pytest.raises(ConfigError, match=r"ENRICH_CLOUDFLARE__\*"):
         load_settings()
+
+
+def test_a_base_url_without_the_api_path_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICH_CLOUDFLARE__BASE_URL", "https://api.cloudflare.com")
+    with pytest.raises(ConfigError, match="/client/v4"):
+        load_settings()

@@ -111,6 +111,8 @@ class DetectionsClient:
         try:
             detections = await self._call(account_id, investigate_id)
         except ApiError as exc:
+            for code in exc.codes:
+                self._metrics.api_error(code)
             raise self._account_wide(exc, account_id) from None
         self._calls_flow()
         return detections
@@ -169,6 +171,8 @@ class DetectionsClient:
         if isinstance(exc, RateLimitedError):
             # The whole account is blocked: hold every call, not only this one.
             wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
+            if self._budget.blocked_for_s <= 0:
+                self._metrics.lockouts.inc()  # a new lockout, not a call caught in one
             self._budget.block_for(max(1.0, wait))
             return exc
         if not isinstance(exc, TransientApiError):
