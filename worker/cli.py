@@ -288,10 +288,15 @@ def _check_health(args: argparse.Namespace) -> int:
         except ConfigError:
             port = 9108  # the health check must not fail on a setting the worker would refuse
         url = f"http://127.0.0.1:{port}"
+    if not url.startswith(("http://", "https://")):
+        print(f"FAIL --url {url!r}: give an http:// or https:// URL")
+        return EXIT_FAILED
     healthy = True
     for path in ("/healthz", "/readyz"):
         try:
-            with urllib.request.urlopen(url.rstrip("/") + path, timeout=args.timeout) as answer:
+            with urllib.request.urlopen(  # noqa: S310 (the scheme is checked above)
+                url.rstrip("/") + path, timeout=args.timeout
+            ) as answer:
                 status, text = answer.status, answer.read(200).decode(errors="replace")
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read(200).decode(errors="replace")

@@ -3,6 +3,7 @@ endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -175,6 +176,16 @@ class Metrics:
             "(+Inf when there is lag and nothing completes).",
             registry=registry,
         )
+        self.live = Gauge(
+            "enrich_live",
+            "1 while /healthz answers 200 (run loop turning, no partition stuck).",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "enrich_ready",
+            "1 while /readyz answers 200 (partitions assigned, credentials accepted).",
+            registry=registry,
+        )
         self._error_codes: set[str] = set()
         Info("enrich_build", "Version of the worker.", registry=registry).info(
             {"version": __version__}
@@ -205,10 +216,8 @@ class Metrics:
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the series of a partition this worker no longer owns."""
         for gauge in (self.lag, self.uncommitted, self.committed):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(topic, str(partition))
-            except KeyError:
-                pass
 
     def drain(self, lag: int, rate_per_s: float) -> None:
         """Set the drain estimate from the total lag and the recent completion rate."""
@@ -257,6 +266,8 @@ def metrics_handler(metrics: Metrics, health: Health) -> Handler:
         if request.method != "GET":
             return Response(status=405, content_type="text/plain")
         if request.path == "/metrics":
+            metrics.live.set(1 if health.alive else 0)
+            metrics.ready.set(1 if health.ready else 0)
             return Response(body=metrics.render(), content_type=CONTENT_TYPE_LATEST)
         if request.path == "/healthz":
             return _status(200 if health.alive else 503, health.liveness)

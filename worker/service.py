@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from worker.enricher import open_enricher
 from worker.errors import ConfigError
@@ -59,6 +59,7 @@ async def run_worker(
     """Run the pipeline until ``stop`` is set (or, with ``burst``, the input is drained)."""
     await require_topics(settings.kafka)
     metrics = Metrics(registry or CollectorRegistry())
+    ProcessCollector(registry=metrics.registry)  # process_* (CPU, memory, open fds)
     health = Health()
     async with (
         metrics_endpoint(settings.metrics, metrics, health),

@@ -114,6 +114,12 @@ class Simulator:
         self._limiter.reset()
         self.config = self._config  # fresh fault plan, latency and search draws
 
+    def lock_out(self) -> None:
+        """Block every call for ``lockout_s``, as when another tool of the same user went
+        over the limit. Not counted in ``lockouts_triggered``, which counts only the
+        lockouts that calls to this simulator caused."""
+        self._limiter.block()
+
     def stats(self) -> dict[str, Any]:
         """The counters, as served by /__simulator/stats.
 
@@ -348,6 +354,9 @@ class Simulator:
 
     def _admin(self, request: Request) -> Response:
         if request.path == "/__simulator/stats" and request.method == "GET":
+            return Response(body=orjson.dumps(self.stats()))
+        if request.path == "/__simulator/lockout" and request.method in ("GET", "POST"):
+            self.lock_out()
             return Response(body=orjson.dumps(self.stats()))
         if request.path == "/__simulator/reset" and request.method in ("GET", "POST"):
             self.reset()

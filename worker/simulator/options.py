@@ -22,6 +22,7 @@ Serve a local stand-in for the Cloudflare Email Security API on HOST:PORT:
   GET /client/v4/accounts/{account}/email-security/investigate?per_page=N&cursor=C
   GET /__simulator/stats        its counters (not rate limited)
   GET|POST /__simulator/reset   zero the counters, the rate limit and the fault draws
+  GET|POST /__simulator/lockout start a lockout now (as if another tool went over the limit)
 
 Answers are deterministic per id and --seed, in Cloudflare's envelope, in both schema
 shapes. Known ids are those of the catalogue (--print-ids N lists them) unless

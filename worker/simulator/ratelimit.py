@@ -53,6 +53,11 @@ class RateLimiter:
         self._sent.clear()
         self._blocked_until = -math.inf
 
+    def block(self) -> None:
+        """Start a lockout now, as if another client of the same user went over the limit."""
+        self._blocked_until = self._clock() + self.lockout_s
+        self._sent.clear()
+
     @property
     def blocked_until(self) -> float:
         """Clock time at which the current block ends (-inf when there is none)."""
