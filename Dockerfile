@@ -65,11 +65,12 @@ USER 10001:10001
 # /metrics, /healthz (liveness) and /readyz (readiness) of `enrich-worker run`.
 EXPOSE 9108
 
-# Liveness of `run`: /healthz answers 200 while the run loop turns. Python's stdlib, as the
-# slim image has no curl. Follows ENRICH_METRICS__PORT when it is set in the environment
-# (not a port set only in a config file). Other commands (simulate) need their own check.
+# Health of `run`: `enrich-worker check-health` asks /healthz (the run loop turns, no stuck
+# partition) and /readyz (partitions assigned, credentials accepted) on 127.0.0.1 and
+# metrics.port (from ENRICH_METRICS__PORT or the config file); exit 0 when both answer 200.
+# Stdlib HTTP only, as the slim image has no curl. Other commands (simulate) need their own.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ENRICH_METRICS__PORT', '9108'), timeout=4)"]
+    CMD ["enrich-worker", "check-health", "--timeout", "2"]
 
 ENTRYPOINT ["enrich-worker"]
 CMD ["run"]

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG := config/local.toml
 
-.PHONY: help demo test check lint format typecheck broker broker-stop broker-status tools simulate run-local clean
+.PHONY: help demo test check lint format typecheck broker broker-stop broker-status tools simulate run-local clean obs-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ broker-stop: ## stop the local Kafka broker
 broker-status: ## is the local broker ready?
 	deploy/local/kafka.sh status
 
-tools: ## make sure kcat (the test suite's independent Kafka client) is installed
+tools: ## make sure kcat and prometheus/promtool (used by the tests) are installed
 	deploy/local/tools.sh
+
+obs-check: tools ## promtool: check the alert rules, run their unit tests; dashboard JSON parses
+	promtool check rules deploy/prometheus/enrich-worker.rules.yml
+	promtool test rules deploy/prometheus/enrich-worker.rules.test.yml
+	$(PYTHON) -m json.tool deploy/grafana/enrich-worker.json >/dev/null
+	@echo "obs-check: rules, rule tests and dashboard JSON pass"
 
 demo: $(STAMP) broker ## simulator + broker + worker on 1,000 sample ids, then a summary
 	$(BIN)/enrich-worker --config $(CONFIG) demo
@@ -98,7 +104,7 @@ lint-deploy: ## lint the Dockerfile, compose file and k8s manifests (no Docker n
 	  exit 1; fi
 	hadolint Dockerfile
 	shellcheck deploy/compose/create-topics.sh
-	yamllint --strict -d '$(YAMLLINT_RULES)' deploy/compose deploy/k8s
+	yamllint --strict -d '$(YAMLLINT_RULES)' deploy/compose deploy/k8s deploy/prometheus
 	@if docker compose version >/dev/null 2>&1; then compose="docker compose"; \
 	  else compose=docker-compose; fi; \
 	echo "$$compose -f deploy/compose/compose.yaml config --quiet"; \
