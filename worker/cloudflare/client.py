@@ -73,7 +73,7 @@ class DetectionsClient:
         *,
         base_url: str,
         credentials: Credentials,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | HttpPool,
         budget: Budget,
         metrics: Metrics,
         max_in_flight: int,
@@ -203,17 +203,71 @@ class DetectionsClient:
         self._failures_in_a_row = 0
 
 
+CONNECTIONS_PER_POOL = 4
+"""Connections of one httpx pool. httpcore's pool does work quadratic in its connections on
+every request and every answer (it checks each connection's state, and each idle one with a
+syscall): at 16 connections in one pool that work was most of the worker's CPU per call
+(bench/README.md). Several small pools make the same connections cost a fraction of it."""
+
+
+class HttpPool:
+    """A few small httpx clients that share the calls; each call goes to the least busy one.
+
+    Its capacity is the sum of the clients' pools, so while fewer calls than that are in
+    flight (the DetectionsClient's concurrency bound sees to it) a call never waits for a
+    connection.
+    """
+
+    def __init__(self, clients: list[tuple[httpx.AsyncClient, int]]) -> None:
+        if not clients:
+            raise ValueError("an HttpPool needs at least one client")
+        self._clients = [client for client, _ in clients]
+        self._free = [size for _, size in clients]
+
+    async def get(self, url: str, *, headers: dict[str, str]) -> httpx.Response:
+        """GET through the client with the most free connections."""
+        index = max(range(len(self._free)), key=self._free.__getitem__)
+        self._free[index] -= 1
+        try:
+            return await self._clients[index].get(url, headers=headers)
+        finally:
+            self._free[index] += 1
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        for client in self._clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> HttpPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 def build_http_client(
     settings: CloudflareSettings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The shared httpx client: one pool sized to the concurrency bound, strict timeouts."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=settings.max_in_flight,
-            max_keepalive_connections=settings.max_in_flight,
-        ),
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
+) -> HttpPool:
+    """The shared HTTP pool: max_in_flight connections in all, strict timeouts.
+
+    The connections are split over clients of at most CONNECTIONS_PER_POOL each; a given
+    ``transport`` (tests) has one pool of its own, so it gets one client.
+    """
+    total = settings.max_in_flight
+    count = 1 if transport is not None else -(-total // CONNECTIONS_PER_POOL)
+    sizes = [total // count + (1 if i < total % count else 0) for i in range(count)]
+    return HttpPool(
+        [
+            (
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    transport=transport,
+                    follow_redirects=False,
+                    trust_env=False,
+                ),
+                size,
+            )
+            for size in sizes
+        ]
     )
