@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG := config/local.toml
 
-.PHONY: help demo test check lint format typecheck broker broker-stop broker-status tools simulate run-local clean obs-check
+.PHONY: help demo test check lint format typecheck broker broker-stop broker-status tools simulate run-local clean obs-check bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ obs-check: tools ## promtool: check the alert rules, run their unit tests; dashb
 
 demo: $(STAMP) broker ## simulator + broker + worker on 1,000 sample ids, then a summary
 	$(BIN)/enrich-worker --config $(CONFIG) demo
+
+bench: $(STAMP) broker ## the benchmarks of bench/run.py (~15 min); table in bench/results/latest.md
+	$(BIN)/python bench/run.py $(if $(BENCH_BOOTSTRAP),--bootstrap $(BENCH_BOOTSTRAP))
 
 test: $(STAMP) broker tools ## the whole test suite (unit + integration on the real broker)
 	$(BIN)/pytest
