@@ -210,6 +210,23 @@ async def read_all(bootstrap: str, topic: str, count: int, *, deadline_s: float 
         return reader.records
 
 
+async def read_to_end(bootstrap: str, topic: str, *, deadline_s: float = 120) -> list[Any]:
+    """Every record of ``topic`` up to its end as of now (for a ``read_committed`` reader
+    the last stable offset), however many repeats it holds."""
+    async with TopicReader(bootstrap, topic) as reader:
+        consumer = reader._consumer
+        end = time.monotonic() + deadline_s
+        while not consumer.assignment():
+            assert time.monotonic() < end, f"no partitions of {topic} assigned"
+            await reader.poll()
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        for tp, last in ends.items():
+            while await consumer.position(tp) < last:
+                assert time.monotonic() < end, f"{topic}[{tp.partition}] not read to {last}"
+                await reader.poll()
+        return reader.records
+
+
 async def wait_for(
     condition: Callable[[], Awaitable[bool]], *, deadline_s: float = 30, what: str = "condition"
 ) -> None:

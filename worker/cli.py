@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker import __version__
-from worker.errors import ConfigError
+from worker.errors import ConfigError, TransactionFailed
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger("worker")
@@ -202,7 +202,12 @@ async def _run(settings: Settings, *, burst: bool) -> int:
     settings.cloudflare.require_credentials()
     stop = asyncio.Event()
     _install_signal_handlers(stop)
-    stats = await run_worker(settings, stop=stop, burst=burst)
+    try:
+        stats = await run_worker(settings, stop=stop, burst=burst)
+    except TransactionFailed as exc:
+        # Exit non-zero so that the orchestrator restarts us from the last transaction.
+        log.error("stopping: %s; restart to resume from the last committed transaction", exc)
+        return EXIT_FAILED
     log.info(
         "worker stopped",
         extra={"consumed": stats.consumed, "produced": stats.produced, "dlq": stats.dlq},

@@ -22,13 +22,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from worker.errors import TransactionFailed
+
 log = logging.getLogger(__name__)
 
 Offsets = Mapping[TopicPartition, tuple[int, str]]
-
-
-class TransactionFailed(Exception):
-    """A transaction could not be committed; the process must restart from the last one."""
 
 
 class AtLeastOnce:
@@ -71,6 +69,8 @@ class ExactlyOnce:
         self._idle.set()
         self._failed = False
         self._in_transaction = False
+        # The main loop and the rebalance listener both commit: one transaction at a time.
+        self._committing = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect (fencing any earlier producer with the same transactional id) and begin."""
@@ -93,7 +93,10 @@ class ExactlyOnce:
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send one record inside the open transaction and wait for its acknowledgement."""
-        await self._open.wait()
+        # A waiter woken by set() runs later; by then the next commit may have closed the
+        # gate again, so look again before entering.
+        while not self._open.is_set():
+            await self._open.wait()
         if self._failed:
             raise TransactionFailed("the transaction failed; the worker is stopping")
         self._sending += 1
@@ -101,6 +104,11 @@ class ExactlyOnce:
         try:
             delivery = await self._producer.send(topic, value=value, key=key)
             await delivery
+        except KafkaError as exc:
+            # Inside a transaction any send error leaves it abortable only: its outputs
+            # will not become visible, so none of its messages may count as done.
+            self._failed = True
+            raise TransactionFailed(f"send failed inside the transaction: {exc!r}") from exc
         finally:
             self._sending -= 1
             if not self._sending:
@@ -112,6 +120,12 @@ class ExactlyOnce:
         The offsets are collected only once no send is in flight, so that every output in
         the transaction has its offset (or its place in the metadata) in the same commit.
         """
+        async with self._committing:
+            return await self._commit(collect)
+
+    async def _commit(self, collect: Callable[[], Offsets]) -> Offsets:
+        if self._failed:
+            raise TransactionFailed("the transaction failed; the worker is stopping")
         self._open.clear()
         try:
             await self._idle.wait()

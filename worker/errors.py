@@ -14,6 +14,8 @@
         │                             retried without end, never sent to the DLQ
         └── AuthError                 401/403, codes 10000/6003: fatal for the worker, not the
                                       message; retried without end, never sent to the DLQ
+    TransactionFailed                 exactly-once mode: the open Kafka transaction broke; the
+                                      worker stops and restarts from the last committed one
 
 Third-party exceptions (httpx, aiokafka, pydantic) are translated into these at the module
 that talks to the library, with ``raise ... from exc``.
@@ -117,3 +119,12 @@ class AuthError(ApiError):
 
     reason = "auth_failed"
     retriable = True
+
+
+class TransactionFailed(EnrichError):
+    """An exactly-once transaction could not take a send or a commit.
+
+    Its outputs are aborted with it, so the messages it held are not done: they are neither
+    committed nor sent to the DLQ, and the worker stops to restart from the last committed
+    transaction.
+    """

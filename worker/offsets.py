@@ -93,11 +93,16 @@ class PartitionOffsets:
         self._committed_changes = self.changes if changes is None else changes
 
     def metadata(self, max_bytes: int = METADATA_MAX_BYTES) -> str:
-        """The commit metadata: offsets done beyond the commit point, compactly."""
+        """The commit metadata: offsets done beyond the commit point, compactly.
+
+        Offsets a previous owner finished (``skip``) that this one has not reached yet are
+        still done: they are carried on, or the next owner would repeat them.
+        """
         base = self.commit_point
-        if base is None or not self._done:
+        if base is None:
             return ""
-        return encode_done(base, self._done, max_bytes=max_bytes)
+        done = self._done.union(o for o in self.skip if o >= base)
+        return encode_done(base, done, max_bytes=max_bytes) if done else ""
 
     @property
     def oldest_pending(self) -> int | None:

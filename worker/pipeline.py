@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -24,14 +25,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.delivery import AtLeastOnce, ExactlyOnce, TransactionFailed
+from worker.delivery import AtLeastOnce, ExactlyOnce
 from worker.enricher import HOLD_AUTH, HOLD_RATE_LIMIT, HOLD_UNAVAILABLE, Enricher
-from worker.errors import InputError
+from worker.errors import InputError, TransactionFailed
 from worker.events import Source, build_dlq_record, build_event
-from worker.inputs import parse_message
+from worker.inputs import EnrichRequest, parse_message
 from worker.observability import Health, Metrics
 from worker.offsets import PartitionOffsets, decode_done
-from worker.retry import Attempts
+from worker.retry import Attempts, Outcome
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -253,8 +254,10 @@ class Pipeline:
         tracker = self._trackers.get(tp)
         if tracker is None or not tracker.accepts(record.offset):
             # A new assignment, or the consumer went back (offset reset): start afresh.
-            # Work still in flight for the old record only repeats, it is never skipped.
-            tracker = self._trackers[tp] = PartitionOffsets()
+            # Work still in flight for the old record only repeats, it is never skipped;
+            # what a previous owner finished stays finished.
+            skip = tracker.skip if tracker is not None else frozenset()
+            tracker = self._trackers[tp] = PartitionOffsets(skip=skip)
         if not len(tracker):
             tracker.last_progress = time.monotonic()  # the stuck clock starts with work
         tracker.add(record.offset)
@@ -283,12 +286,17 @@ class Pipeline:
             record.timestamp,
         )
         try:
-            await self._process(message)
-            tracker.done(record.offset)
-            tracker.last_progress = time.monotonic()
-            self._metrics.message_finished(record.timestamp)
+            output = await self._process(message)
+            # Once an output is being sent it is finished even if this task is cancelled
+            # (rebalance, shutdown): in exactly-once mode it is part of the open transaction
+            # already, so its offset must be marked done before that transaction commits.
+            await asyncio.shield(self._deliver(output, tracker, record))
         except asyncio.CancelledError:
             raise  # not done, so not committed: it is processed again after a restart
+        except TransactionFailed:
+            # Its output is aborted with the transaction: not done, and not for the DLQ
+            # either. The run loop stops; the restart repeats it from the last commit.
+            self._failed.set()
         except Exception:  # the outermost handler of a message: never let a bug stop the line
             log.exception("unexpected error handling a message", extra=_where(message.source))
             try:
@@ -302,7 +310,19 @@ class Pipeline:
             self._pending -= 1
             self._metrics.pending.set(self._pending)
 
-    async def _process(self, message: _Inbound) -> None:
+    async def _deliver(
+        self,
+        output: Callable[[], Awaitable[None]],
+        tracker: PartitionOffsets,
+        record: ConsumerRecord[Any, Any],
+    ) -> None:
+        await output()
+        tracker.done(record.offset)
+        tracker.last_progress = time.monotonic()
+        self._metrics.message_finished(record.timestamp)
+
+    async def _process(self, message: _Inbound) -> Callable[[], Awaitable[None]]:
+        """Parse and enrich one message; return the step that sends its event or DLQ record."""
         where = _where(message.source)
         try:
             request = parse_message(
@@ -312,8 +332,7 @@ class Pipeline:
             )
         except InputError as exc:
             log.warning("bad input message to DLQ", extra={**where, "reason": exc.reason})
-            await self._send_dlq(message, exc.reason, exc.detail)
-            return
+            return partial(self._send_dlq, message, exc.reason, exc.detail)
         outcome = await self._enricher.enrich(request)
         if outcome.detections is None:
             assert outcome.error is not None
@@ -327,14 +346,20 @@ class Pipeline:
                     "status": error.status,
                 },
             )
-            await self._send_dlq(
+            return partial(
+                self._send_dlq,
                 message,
                 error.reason,
                 error.detail,
                 investigate_id=request.investigate_id,
                 attempts=outcome.attempts,
             )
-            return
+        return partial(self._send_event, message, request, outcome)
+
+    async def _send_event(
+        self, message: _Inbound, request: EnrichRequest, outcome: Outcome
+    ) -> None:
+        assert outcome.detections is not None
         event = build_event(
             outcome.detections,
             request,

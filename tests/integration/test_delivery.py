@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 import pytest
@@ -30,6 +31,7 @@ from tests.conftest import (
     Topics,
     produce,
     read_all,
+    read_to_end,
     wait_for,
 )
 from worker.kafka import committed_offsets, end_offsets
@@ -66,20 +68,34 @@ def worker_env(bootstrap: str, topics: Topics, base_url: str, **extra: str) -> d
 
 
 class Workers:
-    """Worker processes started and killed by a test; all are killed at the end."""
+    """Worker processes started and killed by a test; all are killed at the end.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    Each process logs (WARNING and up) to its own file under ``log_dir``, so that a failing
+    test can say what the workers complained about (``errors()``).
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
+        self.log_dir = log_dir
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, **extra: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "run",
-            env={**self.env, **extra}, cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        with (self.log_dir / f"worker-{len(self.procs):02d}.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", "run",
+                env={**self.env, **extra}, cwd=ROOT, stdout=log, stderr=log,
+            )  # fmt: skip
         self.procs.append(proc)
         return proc
+
+    def errors(self) -> list[str]:
+        """ERROR lines the workers logged (an exception means a bug, not an injected kill)."""
+        return [
+            line
+            for path in sorted(self.log_dir.glob("worker-*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if '"level":"ERROR"' in line.replace(" ", "") or "Traceback" in line
+        ]
 
     async def kill(self, proc: asyncio.subprocess.Process) -> None:
         proc.send_signal(signal.SIGKILL)
@@ -93,16 +109,16 @@ class Workers:
 
 
 @asynccontextmanager
-async def workers(env: dict[str, str]) -> AsyncIterator[Workers]:
-    group = Workers(env)
+async def workers(env: dict[str, str], log_dir: Path) -> AsyncIterator[Workers]:
+    group = Workers(env, log_dir)
     try:
         yield group
     finally:
         await group.close()
 
 
-async def output_ids(bootstrap: str, topic: str, at_least: int) -> Counter[str]:
-    records = await read_all(bootstrap, topic, at_least, deadline_s=120)
+async def output_ids(bootstrap: str, topic: str) -> Counter[str]:
+    records = await read_to_end(bootstrap, topic)
     return Counter(orjson.loads(r.value)["investigate_id"] for r in records)
 
 
@@ -141,15 +157,20 @@ async def kill_and_restart(
 
 @pytest.mark.partitions(3)
 async def test_kill_9_twenty_times_loses_nothing(
-    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+    bootstrap: str,
+    topics: Topics,
+    start_simulator: SimulatorFactory,
+    tmp_path: Path,
 ) -> None:
     total, kills = 10_000, 20
     api = await start_simulator(seed=SEED, accept_any_id=True)
     ids = [f"kill9-{i:05d}-{catalog_id(SEED, i)[:16]}" for i in range(total)]
     await produce(bootstrap, topics.input, (i.encode() for i in ids))
-    async with workers(worker_env(bootstrap, topics, api.base_url)) as group:
+    async with workers(worker_env(bootstrap, topics, api.base_url), tmp_path) as group:
         await kill_and_restart(bootstrap, topics, group, total, kills, seed=1)
-    seen = await output_ids(bootstrap, topics.output, total)
+    dlq = await count_outputs(bootstrap, topics.dlq)
+    assert dlq == 0, f"{dlq} DLQ records; worker errors: {group.errors()[:5]}"
+    seen = await output_ids(bootstrap, topics.output)
     missing = set(ids) - set(seen)
     assert not missing, f"{len(missing)} ids lost, e.g. {sorted(missing)[:3]}"
     duplicates = sum(seen.values()) - total
@@ -162,7 +183,10 @@ async def test_kill_9_twenty_times_loses_nothing(
 
 @pytest.mark.partitions(3)
 async def test_kill_9_in_exactly_once_mode_shows_each_id_once(
-    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+    bootstrap: str,
+    topics: Topics,
+    start_simulator: SimulatorFactory,
+    tmp_path: Path,
 ) -> None:
     total, kills = 10_000, 20
     api = await start_simulator(seed=SEED, accept_any_id=True)
@@ -175,9 +199,11 @@ async def test_kill_9_in_exactly_once_mode_shows_each_id_once(
         ENRICH_PIPELINE__EXACTLY_ONCE="true",
         ENRICH_KAFKA__TRANSACTIONAL_ID=f"{topics.group}-tx",
     )
-    async with workers(env) as group:
+    async with workers(env, tmp_path) as group:
         await kill_and_restart(bootstrap, topics, group, total, kills, seed=2)
-    seen = await output_ids(bootstrap, topics.output, total)  # read_committed reader
+    dlq = await count_outputs(bootstrap, topics.dlq)
+    assert dlq == 0, f"{dlq} DLQ records; worker errors: {group.errors()[:5]}"
+    seen = await output_ids(bootstrap, topics.output)  # read_committed reader
     assert set(seen) == set(ids)
     repeated = {i: n for i, n in seen.items() if n > 1}
     FIGURES["kill -9 x20 (exactly once)"] = (
@@ -198,14 +224,17 @@ def broker_script(command: str) -> None:
 
 @pytest.mark.partitions(3)
 async def test_broker_restart_mid_run_loses_nothing_and_needs_no_worker_restart(
-    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+    bootstrap: str,
+    topics: Topics,
+    start_simulator: SimulatorFactory,
+    tmp_path: Path,
 ) -> None:
     total = 3_000
     # Some latency, so that the run is still going when the broker goes away.
     api = await start_simulator(seed=SEED, accept_any_id=True, latency_s=0.01)
     ids = [f"brk-{i:05d}" for i in range(total)]
     await produce(bootstrap, topics.input, (i.encode() for i in ids))
-    async with workers(worker_env(bootstrap, topics, api.base_url)) as group:
+    async with workers(worker_env(bootstrap, topics, api.base_url), tmp_path) as group:
         proc = await group.start()
 
         async def started() -> bool:
@@ -228,7 +257,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_needs_no_worker_restart(
             lambda: fully_committed(bootstrap, topics), deadline_s=300, what="all committed"
         )
         assert proc.returncode is None, "the worker died instead of riding out the outage"
-    seen = await output_ids(bootstrap, topics.output, total)
+    seen = await output_ids(bootstrap, topics.output)
     assert set(seen) == set(ids)
     FIGURES["broker restart"] = (
         f"{total}/{total} ids, {sum(seen.values()) - total} duplicates; output flowed again "
@@ -238,13 +267,16 @@ async def test_broker_restart_mid_run_loses_nothing_and_needs_no_worker_restart(
 
 @pytest.mark.partitions(6)
 async def test_three_replicas_one_killed_one_added_loses_nothing(
-    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory
+    bootstrap: str,
+    topics: Topics,
+    start_simulator: SimulatorFactory,
+    tmp_path: Path,
 ) -> None:
     total = 6_000
     api = await start_simulator(seed=SEED, accept_any_id=True, latency_s=0.005)
     ids = [f"grp-{i:05d}" for i in range(total)]
     await produce(bootstrap, topics.input, (i.encode() for i in ids))
-    async with workers(worker_env(bootstrap, topics, api.base_url)) as group:
+    async with workers(worker_env(bootstrap, topics, api.base_url), tmp_path) as group:
         replicas = [await group.start() for _ in range(3)]
 
         async def some() -> bool:
@@ -261,8 +293,51 @@ async def test_three_replicas_one_killed_one_added_loses_nothing(
         await wait_for(
             lambda: fully_committed(bootstrap, topics), deadline_s=300, what="all committed"
         )
-    seen = await output_ids(bootstrap, topics.output, total)
+    seen = await output_ids(bootstrap, topics.output)
     assert set(seen) == set(ids)
     FIGURES["3 replicas, 1 killed, 1 added"] = (
         f"{total}/{total} ids, {sum(seen.values()) - total} duplicates"
+    )
+
+
+@pytest.mark.partitions(3)
+async def test_sigterm_mid_run_drains_exits_0_and_commits_exactly_what_was_acknowledged(
+    bootstrap: str, topics: Topics, start_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    total, grace_s = 5_000, 20
+    # Enough latency that the signal finds MAX_PENDING messages in flight.
+    api = await start_simulator(seed=SEED, accept_any_id=True, latency_s=0.05)
+    ids = [f"term-{i:05d}" for i in range(total)]
+    await produce(bootstrap, topics.input, (i.encode() for i in ids))
+    env = worker_env(
+        bootstrap, topics, api.base_url, ENRICH_PIPELINE__SHUTDOWN_GRACE_S=str(grace_s)
+    )
+    async with workers(env, tmp_path) as group:
+        proc = await group.start()
+
+        async def under_way() -> bool:
+            return await count_outputs(bootstrap, topics.output) > 500
+
+        await wait_for(under_way, deadline_s=60, what="the run to get going")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), timeout=grace_s + 10)
+        took_s = time.monotonic() - signalled
+    assert code == 0, group.errors()[:5]
+    assert took_s < grace_s
+    produced = await count_outputs(bootstrap, topics.output)
+    assert produced < total, "the signal came too late to test a drain"
+    outputs = {
+        orjson.loads(r.value)["investigate_id"]
+        for r in await read_all(bootstrap, topics.output, produced)
+    }
+    committed = await committed_offsets(bootstrap, topics.group, topics.input)
+    inputs = await read_all(bootstrap, topics.input, total)
+    below_commit = {r.value.decode() for r in inputs if r.offset < committed.get(r.partition, 0)}
+    # Every message below the commit point was acknowledged, and the drain left nothing
+    # acknowledged beyond it: the commit is exactly the acknowledged prefix.
+    assert below_commit == outputs
+    FIGURES["SIGTERM mid-run"] = (
+        f"exit 0 after {took_s:.1f} s (grace {grace_s} s); {len(outputs)} acknowledged = "
+        f"{len(below_commit)} below the committed offsets"
     )

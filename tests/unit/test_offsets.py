@@ -226,3 +226,28 @@ def test_metadata_that_does_not_fit_leaves_out_later_runs_only() -> None:
 @pytest.mark.parametrize("metadata", ["", "something else", "done1:zz+1", "done1:1+", None])
 def test_foreign_or_broken_metadata_means_nothing_to_skip(metadata: str | None) -> None:
     assert decode_done(10, metadata) == frozenset()
+
+
+def test_offsets_a_previous_owner_finished_survive_an_owner_that_never_reached_them() -> None:
+    # Owner 1 committed 10 with 20..29 done beyond it. Owner 2 consumes 10..14 only (it is
+    # killed, or paused by back-pressure) and commits: 20..29 must stay in the metadata,
+    # or owner 3 would process them a second time (a duplicate even in exactly-once mode).
+    first = decode_done(10, encode_done(10, set(range(20, 30))))
+    second = PartitionOffsets(committed=10, skip=first)
+    for offset in range(10, 15):
+        second.add(offset)
+    for offset in (10, 11, 13):
+        second.done(offset)
+    assert second.commit_point == 12
+    assert decode_done(12, second.metadata()) == {13, *range(20, 30)}
+    third = PartitionOffsets(committed=12, skip=decode_done(12, second.metadata()))
+    for offset in range(12, 30):
+        third.add(offset)
+        if offset in third.skip:
+            third.done(offset)
+    assert third.commit_point == 12  # 12 waits for its own work ...
+    third.done(12)
+    for offset in range(14, 20):
+        third.done(offset)
+    assert third.commit_point == 30  # ... and nothing finished before is done again
+    assert third.metadata() == ""

@@ -152,7 +152,8 @@ async def test_pipeline_keeps_the_raw_strings_and_counts_them(
             message = _Inbound(
                 Source("email-investigate-ids", 0, 7), None, INVESTIGATE_ID.encode(), 0
             )
-            await pipeline._process(message)
+            send = await pipeline._process(message)
+            await send()
         finally:
             await pipeline._admin.close()
     assert calls == [
