@@ -100,6 +100,14 @@ def worker_run(
     return measured, span, topics
 
 
+def _json_line(measured: h.Measured, what: str) -> dict[str, Any]:
+    """The JSON line a bench subprocess printed; its stderr when it failed."""
+    if measured.returncode != 0:
+        raise RuntimeError(f"{what} exited {measured.returncode}:\n{measured.stderr_tail}")
+    line: dict[str, Any] = json.loads(measured.stdout.strip().splitlines()[-1])
+    return line
+
+
 def result(
     name: str, title: str, value: float, unit: str, target: str, ok: bool, **details: Any
 ) -> dict[str, Any]:
@@ -157,10 +165,17 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
              "--count", str(count)],
             timeout_s=600,
         )  # fmt: skip
-    if http.returncode != 0:
-        raise RuntimeError(f"bare http exited {http.returncode}:\n{http.stderr_tail}")
-    bare_http = json.loads(http.stdout)
-    ctx.say(f"stack: bare httpx loop {bare_http['rate']:,.0f} GETs/s")
+        bare_http = _json_line(http, "bare http")
+        ctx.say(f"stack: bare httpx loop {bare_http['rate']:,.0f} GETs/s")
+        # For reference: httpx's plain layout, one client of 16 connections (the worker's
+        # before it split them, see bench/README.md), on a fifth of the ids.
+        plain = h.run_measured(
+            [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url,
+             "--count", str(max(100, count // 5)), "--pool-size", "16"],
+            timeout_s=600,
+        )  # fmt: skip
+    plain_http = _json_line(plain, "bare http, one pool")
+    ctx.say(f"stack: bare httpx loop, one pool of 16: {plain_http['rate']:,.0f} GETs/s")
     topics = h.Topics.fresh(ctx.run_id, "bare-kafka")
     h.create_topics(ctx.bootstrap, topics)
     h.feed(ctx.bootstrap, topics.input, h.distinct_ids(count))
@@ -170,8 +185,7 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
          "--expect", str(count), "--value-bytes", str(ctx.shared.get("event_bytes", 0))],
         timeout_s=600,
     )  # fmt: skip
-    if kafka.returncode != 0:
-        raise RuntimeError(f"bare kafka exited {kafka.returncode}:\n{kafka.stderr_tail}")
+    bare_kafka = _json_line(kafka, "bare kafka")
     kafka_rate = h.topic_span(ctx.bootstrap, topics.output).rate()
     ctx.say(f"stack: bare aiokafka loop {kafka_rate:,.0f} records/s")
     slower = min(bare_http["rate"], kafka_rate)
@@ -186,8 +200,10 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
         worker_events_per_s=round(ctx.shared["worker_rate"], 1),
         bare_http_per_s=bare_http["rate"],
         bare_http_cpu_us_per_get=bare_http["cpu_us_per_item"],
+        bare_http_one_pool_of_16_per_s=plain_http["rate"],
+        bare_http_one_pool_of_16_cpu_us_per_get=plain_http["cpu_us_per_item"],
         bare_kafka_per_s=round(kafka_rate, 1),
-        bare_kafka_cpu_us_per_record=json.loads(kafka.stdout)["cpu_us_per_item"],
+        bare_kafka_cpu_us_per_record=bare_kafka["cpu_us_per_item"],
         worker_cpu_us_per_event=round(ctx.shared["worker_cpu_us"], 1),
         count=count,
     )
