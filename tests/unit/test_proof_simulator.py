@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import typing
 from typing import Any
-from urllib.parse import quote, unquote
 
 import cloudflare
 import httpx
@@ -44,13 +43,14 @@ from tests.unit.schema import (
     sdk_client,
     sdk_parse,
 )
+from tests.unit.simcalls import detections_call
 from worker.cloudflare.answers import parse_answer
 from worker.cloudflare.models import DISPOSITIONS, VALIDATION_RESULTS
 from worker.errors import ApiError, NotFoundError
 from worker.events import build_event
 from worker.httpserver import Request, Response
 from worker.inputs import EnrichRequest
-from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
+from worker.simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
 
 SEEDS = range(1, 21)
 IDS_PER_SEED = 200
@@ -59,26 +59,7 @@ REAL_CLIENT_EVERY = 25  # every 25th answer also goes through the SDK's detectio
 BEARER = {"authorization": f"Bearer {DEFAULT_TOKEN}"}
 
 
-def request(
-    investigate_id: str,
-    headers: dict[str, str] | None = None,
-    *,
-    account: str = ACCOUNT,
-    method: str = "GET",
-    raw_path: str | None = None,
-) -> Request:
-    if raw_path is None:
-        segment = quote(investigate_id, safe=":@")
-        raw_path = (
-            f"{API_PREFIX}/accounts/{account}/email-security/investigate/{segment}/detections"
-        )
-    return Request(
-        method=method,
-        raw_path=raw_path,
-        path=unquote(raw_path),
-        query={},
-        headers=BEARER if headers is None else headers,
-    )
+request = detections_call
 
 
 def sdk_get(body: bytes, *, strict: bool = False) -> sdk_types.DetectionGetResponse:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from typing import Any
-from urllib.parse import quote, unquote
 
 import orjson
 import pytest
@@ -25,9 +24,10 @@ from tests.unit.schema import (
     openapi_to_jsonschema,
     validator,
 )
+from tests.unit.simcalls import detections_call
 from worker.cloudflare.answers import parse_answer
 from worker.httpserver import Request, Response
-from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
+from worker.simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
 from worker.simulator.app import hash_fraction
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
@@ -77,26 +77,7 @@ def test_schemas_reject_what_they_should() -> None:
 # --- calling the handler --------------------------------------------------------------------
 
 
-def request(
-    investigate_id: str,
-    headers: dict[str, str] | None = None,
-    *,
-    account: str = ACCOUNT,
-    method: str = "GET",
-    raw_path: str | None = None,
-) -> Request:
-    if raw_path is None:
-        segment = quote(investigate_id, safe=":@")
-        raw_path = (
-            f"{API_PREFIX}/accounts/{account}/email-security/investigate/{segment}/detections"
-        )
-    return Request(
-        method=method,
-        raw_path=raw_path,
-        path=unquote(raw_path),
-        query={},
-        headers=BEARER if headers is None else headers,
-    )
+request = detections_call
 
 
 async def answer(simulator: Simulator, req: Request) -> tuple[int, dict[str, Any]]:

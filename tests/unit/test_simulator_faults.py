@@ -17,11 +17,10 @@ import orjson
 import pytest
 
 from tests.unit.conftest import FakeClock
+from tests.unit.simcalls import detections_call
 from worker.errors import ConfigError
-from worker.httpserver import Connection, Request, Response
+from worker.httpserver import Connection, Response
 from worker.simulator import (
-    API_PREFIX,
-    DEFAULT_TOKEN,
     FAULT_KINDS,
     Simulator,
     SimulatorConfig,
@@ -32,23 +31,7 @@ ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 IDS = [catalog_id(1, i) for i in range(50)]
 
 
-def call(
-    investigate_id: str,
-    *,
-    sequence: int = 1,
-    connection: Connection | None = None,
-    token: str = DEFAULT_TOKEN,
-) -> Request:
-    path = f"{API_PREFIX}/accounts/{ACCOUNT}/email-security/investigate/{investigate_id}/detections"
-    return Request(
-        "GET",
-        path,
-        path,
-        {},
-        {"authorization": f"Bearer {token}"},
-        sequence=sequence,
-        connection=connection or Connection(),
-    )
+call = detections_call
 
 
 def make(clock: FakeClock, **config: Any) -> Simulator:

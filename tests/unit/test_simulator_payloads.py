@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tests.unit.schema import BODY_2025, BODY_2026, SCHEMA_2025, SCHEMA_2026
+from tests.unit.simcalls import detections_call
 from worker.cloudflare.answers import parse_answer
 from worker.httpserver import Request
 from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
@@ -26,9 +27,7 @@ ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 N_IDS = 1500
 
 
-def call(investigate_id: str) -> Request:
-    path = f"{API_PREFIX}/accounts/{ACCOUNT}/email-security/investigate/{investigate_id}/detections"
-    return Request("GET", path, path, {}, {"authorization": f"Bearer {DEFAULT_TOKEN}"})
+call = detections_call
 
 
 async def bodies(config: SimulatorConfig, n: int = N_IDS) -> dict[str, list[dict[str, Any]]]:

@@ -12,6 +12,7 @@ import dataclasses
 import orjson
 
 from tests.unit.conftest import FakeClock
+from tests.unit.simcalls import detections_call
 from worker.cloudflare.answers import parse_ratelimit
 from worker.httpserver import Request, Response
 from worker.simulator import API_PREFIX, DEFAULT_TOKEN, Simulator, SimulatorConfig, catalog_id
@@ -22,8 +23,7 @@ KNOWN = catalog_id(1, 0)
 
 
 def detections(investigate_id: str = KNOWN, *, token: str = DEFAULT_TOKEN) -> Request:
-    path = f"{API_PREFIX}/accounts/{ACCOUNT}/email-security/investigate/{investigate_id}/detections"
-    return Request("GET", path, path, {}, {"authorization": f"Bearer {token}"})
+    return detections_call(investigate_id, token=token)
 
 
 def header(response: Response, name: str) -> str | None:
