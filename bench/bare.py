@@ -9,7 +9,8 @@ httpx clients laid out as the worker's (``--pool-size`` connections each, 4, so 
 each GET goes to the client with the most free connections) with the worker's timeouts;
 each GETs the detections URL of the next id and reads the whole body. No parsing, no budget,
 no retries. ``--pool-size 16`` gives httpx's plain layout, one client for all (slower:
-bench/README.md).
+bench/README.md). ``--transport httpx`` (default) is httpx as shipped, on anyio sockets;
+``--transport asyncio`` is the worker's AsyncioTransport (worker/cloudflare/transport.py).
 
 ``kafka``: one group consumer (``read_committed``, ``max_poll_records`` 500, no auto
 commit) and one idempotent ``acks=all`` producer with ``linger_ms`` 5, as the worker builds
@@ -42,13 +43,14 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from worker.cloudflare.transport import AsyncioTransport
 from worker.simulator import DEFAULT_TOKEN, catalog_id
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 
 
 async def bare_http(
-    base_url: str, count: int, concurrency: int, pool_size: int, seed: int
+    base_url: str, count: int, concurrency: int, pool_size: int, seed: int, transport: str
 ) -> dict[str, Any]:
     """GET ``count`` detections URLs with ``concurrency`` tasks; return the figures."""
     urls = [
@@ -59,16 +61,20 @@ async def bare_http(
     statuses: dict[int, int] = {}
     queue = iter(urls)
     sizes = [pool_size] * (concurrency // pool_size) + [concurrency % pool_size]
-    clients = [
-        httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            follow_redirects=False,
-            trust_env=False,
+    clients = []
+    for size in sizes:
+        if not size:
+            continue
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        clients.append(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(30.0, connect=5.0),
+                limits=limits,
+                transport=AsyncioTransport(limits=limits) if transport == "asyncio" else None,
+                follow_redirects=False,
+                trust_env=False,
+            )
         )
-        for size in sizes
-        if size
-    ]
     free = [size for size in sizes if size]
 
     async def one_task() -> None:
@@ -96,6 +102,7 @@ async def bare_http(
         "cpu_s": round(cpu, 3),
         "cpu_us_per_item": round(cpu / count * 1e6, 1),
         "pools": len(clients),
+        "transport": transport,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
 
@@ -173,6 +180,12 @@ def main() -> int:
     http.add_argument("--concurrency", type=int, default=16)
     http.add_argument("--pool-size", type=int, default=4, help="connections per client")
     http.add_argument("--seed", type=int, default=1)
+    http.add_argument(
+        "--transport",
+        choices=("httpx", "asyncio"),
+        default="httpx",
+        help="httpx's own transport (anyio sockets), or the worker's AsyncioTransport",
+    )
     kafka = sub.add_parser("kafka", help="bare aiokafka consume->produce loop")
     kafka.add_argument("--bootstrap", required=True)
     kafka.add_argument("--input", required=True)
@@ -185,7 +198,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.loop == "http":
         result = asyncio.run(
-            bare_http(args.base_url, args.count, args.concurrency, args.pool_size, args.seed)
+            bare_http(
+                args.base_url,
+                args.count,
+                args.concurrency,
+                args.pool_size,
+                args.seed,
+                args.transport,
+            )
         )
     else:
         result = asyncio.run(bare_kafka(args))

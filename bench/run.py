@@ -9,7 +9,8 @@ the same run, because the machine is shared and noisy:
 
 1. ``cpu``: worker CPU (user + system, whole process) per event, 100,000 ids, zero latency.
 2. ``stack``: the worker's throughput (from measure 1) over the slower of a bare httpx GET
-   loop and a bare aiokafka consume->produce loop with the worker's concurrency.
+   loop (httpx as shipped) and a bare aiokafka consume->produce loop with the worker's
+   concurrency; the bare GET loop over the worker's own transport is reported beside it.
 3. ``baseline``: the worker's throughput over the naive SDK worker's, at 100 ms latency.
 4. ``budget``: simulator limit and worker budget both 20 calls/s (20 per 1 s window);
    2,420 ids, ideally 120 s: share of the budget used, and 429s.
@@ -167,6 +168,14 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
         )  # fmt: skip
         bare_http = _json_line(http, "bare http")
         ctx.say(f"stack: bare httpx loop {bare_http['rate']:,.0f} GETs/s")
+        # The same loop over the worker's own transport: what the worker's HTTP could do.
+        ours = h.run_measured(
+            [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url,
+             "--count", str(count), "--transport", "asyncio"],
+            timeout_s=600,
+        )  # fmt: skip
+        ours_http = _json_line(ours, "bare http, AsyncioTransport")
+        ctx.say(f"stack: bare httpx loop on AsyncioTransport {ours_http['rate']:,.0f} GETs/s")
         # For reference: httpx's plain layout, one client of 16 connections (the worker's
         # before it split them, see bench/README.md), on a fifth of the ids.
         plain = h.run_measured(
@@ -200,6 +209,11 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
         worker_events_per_s=round(ctx.shared["worker_rate"], 1),
         bare_http_per_s=bare_http["rate"],
         bare_http_cpu_us_per_get=bare_http["cpu_us_per_item"],
+        bare_http_asyncio_transport_per_s=ours_http["rate"],
+        bare_http_asyncio_transport_cpu_us_per_get=ours_http["cpu_us_per_item"],
+        ratio_to_bare_http_on_asyncio_transport=round(
+            ctx.shared["worker_rate"] / ours_http["rate"], 3
+        ),
         bare_http_one_pool_of_16_per_s=plain_http["rate"],
         bare_http_one_pool_of_16_cpu_us_per_get=plain_http["cpu_us_per_item"],
         bare_kafka_per_s=round(kafka_rate, 1),

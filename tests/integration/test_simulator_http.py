@@ -1,5 +1,7 @@
 """The simulator over real HTTP, with httpx as the client: what each fault does on the wire.
 
+Each test runs twice: with httpx's default transport and with the worker's AsyncioTransport.
+
 Needs nothing but local sockets. Each test starts its own simulator (port 0) with the
 faults it needs; waits are bounded by deadlines, never fixed sleeps.
 """
@@ -18,6 +20,7 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT, RunningSimulator, SimulatorFactory, wait_for
+from worker.cloudflare.transport import AsyncioTransport
 from worker.simulator import DEFAULT_TOKEN, catalog_id
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
@@ -37,7 +40,18 @@ def raw_get(path: str) -> bytes:
     )
 
 
+CLIENT_TRANSPORT: list[str] = ["httpx"]
+
+
+@pytest.fixture(autouse=True, params=["httpx", "asyncio"])
+def client_transport(request: pytest.FixtureRequest) -> None:
+    """Every fault is seen through httpx's own transport and through the worker's."""
+    CLIENT_TRANSPORT[0] = request.param
+
+
 def client(**kwargs: object) -> httpx.AsyncClient:
+    if CLIENT_TRANSPORT[0] == "asyncio":
+        kwargs["transport"] = AsyncioTransport(limits=httpx.Limits(max_connections=4))
     return httpx.AsyncClient(headers=AUTH, timeout=5.0, **kwargs)  # type: ignore[arg-type]
 
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from worker.budget import Budget
 from worker.cloudflare.answers import parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
+from worker.cloudflare.transport import AsyncioTransport
 from worker.concurrency import AdaptiveLimit
 from worker.errors import (
     AccountForbiddenError,
@@ -256,18 +257,18 @@ def build_http_client(
     total = settings.max_in_flight
     count = 1 if transport is not None else -(-total // CONNECTIONS_PER_POOL)
     sizes = [total // count + (1 if i < total % count else 0) for i in range(count)]
-    return HttpPool(
-        [
+    clients = []
+    for size in sizes:
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        clients.append(
             (
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                    transport=transport,
+                    transport=transport or AsyncioTransport(limits=limits),
                     follow_redirects=False,
                     trust_env=False,
                 ),
                 size,
             )
-            for size in sizes
-        ]
-    )
+        )
+    return HttpPool(clients)
