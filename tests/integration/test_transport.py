@@ -194,3 +194,27 @@ async def test_tls_verifies_the_server_certificate() -> None:
         async with httpx.AsyncClient(transport=AsyncioTransport(limits=LIMITS)) as http:
             with pytest.raises(httpx.ConnectError):
                 await http.get(f"https://localhost:{port}/tls")
+
+
+async def test_the_worker_pool_bounds_the_whole_call_not_only_each_read() -> None:
+    seen: list[bytes] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
+        for _ in range(20):  # a byte every 0.1 s: each read is quick, the whole is 2 s
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    settings = CloudflareSettings(
+        base_url="http://127.0.0.1/client/v4", api_token="t", timeout_s=0.5
+    )
+    async with server(trickle) as port, build_http_client(settings) as pool:
+        # Each byte comes well within the 0.5 s read timeout: only the whole-call one fires.
+        with pytest.raises(httpx.ReadTimeout, match=r"no whole answer within 0\.5 s"):
+            await pool.get(f"http://127.0.0.1:{port}/slow", headers={"x-test": "1"})
+    head = seen[0].lower()
+    assert b"user-agent: enrich-worker/" in head
+    assert b"x-test: 1" in head
+    assert b"host: 127.0.0.1:" in head
