@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
+_JITTER = random.Random()  # noqa: S311 - jitter, not cryptography
+"""One generator for every call's backoff jitter: seeding one per call cost ~20 us."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -87,7 +90,7 @@ async def fetch_with_retry(
     Only transient failures count against ``max_attempts``, and only the backoff after them
     against ``max_age_s``; time held by a lockout or refused credentials counts for neither.
     """
-    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    rng = rng or _JITTER
     outcome = Outcome()
     counted = 0
     transient_s = 0.0  # time spent failing and backing off for transient reasons
