@@ -296,9 +296,12 @@ class Measured:
     user_s: float
     system_s: float
     max_rss_kb: int
+    """``ru_maxrss`` of the child. Not the subject's own peak: Linux counts in it the image
+    of the forked parent (this harness, which may hold a million ids) before the exec."""
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since start, VmRSS kB), every ``sample_s``."""
     hwm_kb: int = 0
+    """The subject's own peak RSS (VmHWM, kept by the kernel, read at each sample)."""
     stdout: str = ""
     stderr_tail: str = ""
 

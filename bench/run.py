@@ -153,7 +153,7 @@ def measure_cpu(ctx: Context) -> dict[str, Any]:
         system_s=round(measured.system_s, 2),
         wall_s=round(measured.wall_s, 1),
         events_per_s=round(span.rate(), 1),
-        peak_rss_mb=round(measured.max_rss_kb / 1024, 1),
+        peak_rss_mb=round(measured.hwm_kb / 1024, 1),
     )
 
 
@@ -322,7 +322,7 @@ def measure_memory(ctx: Context) -> dict[str, Any]:
             stop_after_s=ctx.memory_seconds,
             timeout_s=ctx.memory_seconds + 120,
         )
-    peak_mb = max(measured.max_rss_kb, measured.hwm_kb) / 1024
+    peak_mb = measured.hwm_kb / 1024  # not ru_maxrss: see Measured.max_rss_kb
     at = {f"rss_at_{p}pct_mb": round(measured.rss_at(p / 100) / 1024, 1) for p in (10, 50, 90)}
     flat = at["rss_at_90pct_mb"] <= 1.10 * at["rss_at_50pct_mb"]
     return result(
