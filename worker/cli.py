@@ -338,8 +338,10 @@ async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -
 async def _lines(ids: list[str], input_file: Path | None) -> AsyncIterator[str]:
     for value in ids:
         if value == "-":
-            while line := await asyncio.to_thread(sys.stdin.readline):
-                yield line
+            # Bytes, decoded as --input FILE is: a line that is not UTF-8 becomes an invalid
+            # id with a failure line, and the lines after it are still enriched.
+            while raw := await asyncio.to_thread(sys.stdin.buffer.readline):
+                yield raw.decode("utf-8", errors="replace")
         else:
             yield value
     if input_file is not None:

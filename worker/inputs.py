@@ -53,6 +53,11 @@ def validate_account_id(value: object) -> str:
     return value
 
 
+_JSON_LITERALS = frozenset({"null", "true", "false"})
+"""Bare JSON values no id could be: a producer that wrote JSON without an id (wrong_type).
+A bare number stays an id: nothing says an id cannot be all digits."""
+
+
 def parse_message(
     value: bytes | None, *, default_account_id: str | None, max_bytes: int
 ) -> EnrichRequest:
@@ -68,7 +73,7 @@ def parse_message(
     text = text.lstrip("\ufeff").strip()  # a byte-order mark from a file-based producer
     if not text:
         raise InputError("empty", "message is empty or only whitespace")
-    if text[0] in '{["':
+    if text[0] in '{["' or text in _JSON_LITERALS:
         return _parse_json(text, default_account_id)
     return EnrichRequest(
         investigate_id=validate_investigate_id(text),

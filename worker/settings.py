@@ -110,8 +110,19 @@ class CloudflareSettings(_Section):
             secret = value.get_secret_value()
             if not secret.strip():
                 raise ValueError("is empty (an empty token file?)")
-            if any(c.isspace() or not c.isprintable() for c in secret):
-                raise ValueError("contains whitespace or control characters")
+            if any(c.isspace() or not c.isprintable() or not c.isascii() for c in secret):
+                # It goes into an HTTP header: httpx could not send it, and every call
+                # would fail inside the worker instead of at start.
+                raise ValueError("contains whitespace, control or non-ASCII characters")
+        return value
+
+    @field_validator("auth_email")
+    @classmethod
+    def _check_email(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.strip() or any(c.isspace() or not c.isascii() for c in value)
+        ):
+            raise ValueError("must be the account's e-mail in ASCII, without spaces")
         return value
 
     @model_validator(mode="after")

@@ -69,7 +69,11 @@ async def test_enrich_one_shot_keeps_input_order_and_reports_failures(
     api = await start_simulator(
         seed=SEED, latency_by_id={x: 0.01 * (30 - i) for i, x in enumerate(ids)}
     )
-    stdin = "\n".join([*ids[10:], "not-a-known-id", "bad/id", ""]).encode()
+    # A line that is not UTF-8 is one failure; the lines after it are still enriched.
+    stdin = b"\n".join(
+        [*(i.encode() for i in ids[10:20]), b"\xff", *(i.encode() for i in ids[20:])]
+    )
+    stdin += b"\nnot-a-known-id\nbad/id\n"
     code, out, err = await _cli("enrich", *ids[:10], "-", stdin=stdin, env=_env(api.base_url))
 
     assert code == 1  # some ids failed
@@ -78,6 +82,7 @@ async def test_enrich_one_shot_keeps_input_order_and_reports_failures(
     assert all(e["source"] is None and e["schema_version"] == 1 for e in events)
     failures = [orjson.loads(line) for line in err.splitlines() if line.startswith(b"{")]
     assert [(f["investigate_id"], f["error"]) for f in failures] == [
+        ("\ufffd", "invalid_id"),
         ("not-a-known-id", "not_found"),
         ("bad/id", "invalid_id"),
     ]

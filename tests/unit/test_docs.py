@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from worker import errors
+from worker.events import event_id
 from worker.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,3 +79,12 @@ def test_every_dlq_reason_is_documented() -> None:
     assert {"tombstone", "invalid_id", "not_found", "retries_exhausted"} <= reasons
     missing = sorted(r for r in reasons if f"| `{r}` |" not in doc)
     assert not missing, f"DLQ reasons missing from docs/event-schema.md: {missing}"
+
+
+def test_the_documented_event_id_recipe_gives_the_real_event_id() -> None:
+    doc = (ROOT / "docs/event-schema.md").read_text()
+    namespaces = set(re.findall(r"UUID\(\"([0-9a-f-]{36})\"\)", doc))
+    assert len(namespaces) == 1, "docs/event-schema.md should give the event_id namespace once"
+    account, investigate_id = "023e105f4ecef8ad9ca31a8372d0c353", "4Njp3P0STMz2c02Q-2024"
+    recipe = uuid.uuid5(uuid.UUID(namespaces.pop()), f"v1/{account}/{investigate_id}")
+    assert str(recipe) == event_id(account, investigate_id)

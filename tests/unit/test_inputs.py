@@ -157,6 +157,9 @@ def test_malformed_json(raw: bytes) -> None:
         b'{"investigate_id": true}',
         b'{"investigate_id": ["abc"]}',
         b'{"investigate_id": {"id": "abc"}}',
+        b"null",
+        b" true\n",
+        b"false",
     ],
 )
 def test_wrong_type(raw: bytes) -> None:

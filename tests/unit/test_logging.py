@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.observability import LibraryThrottle
+from worker.observability import LibraryThrottle, TextFormatter
 
 
 def record(name: str, msg: str) -> logging.LogRecord:
@@ -32,3 +32,16 @@ def test_the_next_line_after_the_interval_carries_the_count() -> None:
     later = record("aiokafka.conn", "x")
     assert strict.filter(later)
     assert later.suppressed == 3  # type: ignore[attr-defined]
+
+
+def test_text_lines_keep_the_structured_fields() -> None:
+    # Found by a new user: in text format a DLQ line said neither why nor where.
+    line = record("worker.pipeline", "bad input message to DLQ")
+    line.__dict__.update(topic="ids", partition=2, offset=41, reason="invalid_id")
+    text = TextFormatter("%(levelname)s %(name)s %(message)s").format(line)
+    assert text == (
+        "ERROR worker.pipeline bad input message to DLQ "
+        "topic=ids partition=2 offset=41 reason=invalid_id"
+    )
+    plain = TextFormatter("%(message)s").format(record("worker.service", "metrics endpoint up"))
+    assert plain == "metrics endpoint up"

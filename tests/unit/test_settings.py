@@ -233,3 +233,20 @@ def test_require_credentials_with_legacy_pair() -> None:
 @pytest.mark.parametrize("half", [{"auth_email": "soc@example.com"}, {"auth_key": "k"}])
 def test_half_a_legacy_pair_is_rejected(half: dict[str, str]) -> None:
     assert "auth_email and auth_key must be set together" in config_error(cloudflare=half)
+
+
+@pytest.mark.parametrize("secret", ["SECRÉTTOKEN42", "tok en", "tok\x07en"])
+def test_a_token_that_cannot_be_an_http_header_stops_at_start(tmp_path: Path, secret: str) -> None:
+    # Found by a new user: a non-ASCII token passed the settings and then sent every
+    # message to the DLQ as internal_error (httpx cannot encode the header).
+    path = tmp_path / "token"
+    path.write_text(secret, encoding="utf-8")
+    text = config_error(cloudflare={"api_token_file": str(path)})
+    assert "non-ASCII" in text
+    assert secret not in text
+
+
+def test_a_legacy_email_that_cannot_be_an_http_header_stops_at_start() -> None:
+    text = config_error(cloudflare={"auth_email": "søc@example.com", "auth_key": "k" * 37})
+    assert "auth_email" in text
+    assert "ASCII" in text
