@@ -162,30 +162,22 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
         measure_cpu(ctx)
     count = ctx.n(50_000)
     with h.Simulator("--rate-limit", "0") as sim:
-        http = h.run_measured(
-            [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url,
-             "--count", str(count)],
-            timeout_s=600,
-        )  # fmt: skip
-        bare_http = _json_line(http, "bare http")
-        ctx.say(f"stack: bare httpx loop {bare_http['rate']:,.0f} GETs/s")
+
+        def bare_http(what: str, ids: int, *flags: str) -> dict[str, Any]:
+            argv = [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url]
+            line = _json_line(
+                h.run_measured([*argv, "--count", str(ids), *flags], timeout_s=600), what
+            )
+            ctx.say(f"stack: {what}: {line['rate']:,.0f} GETs/s")
+            return line
+
+        httpx_http = bare_http("bare httpx loop", count)
         # The same loop over the worker's own transport: what the worker's HTTP could do.
-        ours = h.run_measured(
-            [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url,
-             "--count", str(count), "--transport", "asyncio"],
-            timeout_s=600,
-        )  # fmt: skip
-        ours_http = _json_line(ours, "bare http, AsyncioTransport")
-        ctx.say(f"stack: bare httpx loop on AsyncioTransport {ours_http['rate']:,.0f} GETs/s")
+        ours_http = bare_http("on AsyncioTransport", count, "--transport", "asyncio")
         # For reference: httpx's plain layout, one client of 16 connections (the worker's
         # before it split them, see bench/README.md), on a fifth of the ids.
-        plain = h.run_measured(
-            [sys.executable, "bench/bare.py", "http", "--base-url", sim.base_url,
-             "--count", str(max(100, count // 5)), "--pool-size", "16"],
-            timeout_s=600,
-        )  # fmt: skip
-    plain_http = _json_line(plain, "bare http, one pool")
-    ctx.say(f"stack: bare httpx loop, one pool of 16: {plain_http['rate']:,.0f} GETs/s")
+        plain_http = bare_http("one pool of 16", max(100, count // 5),
+                               "--pool-size", "16")  # fmt: skip
     topics = h.Topics.fresh(ctx.run_id, "bare-kafka")
     h.create_topics(ctx.bootstrap, topics)
     h.feed(ctx.bootstrap, topics.input, h.distinct_ids(count))
@@ -198,7 +190,7 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
     bare_kafka = _json_line(kafka, "bare kafka")
     kafka_rate = h.topic_span(ctx.bootstrap, topics.output).rate()
     ctx.say(f"stack: bare aiokafka loop {kafka_rate:,.0f} records/s")
-    slower = min(bare_http["rate"], kafka_rate)
+    slower = min(httpx_http["rate"], kafka_rate)
     ratio = ctx.shared["worker_rate"] / slower
     return result(
         "stack",
@@ -208,8 +200,8 @@ def measure_stack(ctx: Context) -> dict[str, Any]:
         ">= 0.70",
         ratio >= 0.70,
         worker_events_per_s=round(ctx.shared["worker_rate"], 1),
-        bare_http_per_s=bare_http["rate"],
-        bare_http_cpu_us_per_get=bare_http["cpu_us_per_item"],
+        bare_http_per_s=httpx_http["rate"],
+        bare_http_cpu_us_per_get=httpx_http["cpu_us_per_item"],
         bare_http_asyncio_transport_per_s=ours_http["rate"],
         bare_http_asyncio_transport_cpu_us_per_get=ours_http["cpu_us_per_item"],
         ratio_to_bare_http_on_asyncio_transport=round(
