@@ -218,3 +218,52 @@ async def test_the_worker_pool_bounds_the_whole_call_not_only_each_read() -> Non
     assert b"user-agent: enrich-worker/" in head
     assert b"x-test: 1" in head
     assert b"host: 127.0.0.1:" in head
+
+
+async def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
+    # Found by a new user: a base_url that answers without end grew the worker to GBs.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        while True:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+
+    settings = CloudflareSettings(
+        base_url="http://127.0.0.1/client/v4", api_token="t", timeout_s=60
+    )
+    async with server(endless) as port, build_http_client(settings) as pool:
+        with pytest.raises(httpx.RemoteProtocolError, match="answer larger than"):
+            await pool.get(f"http://127.0.0.1:{port}/endless", headers={})
+
+
+async def test_a_fast_sender_is_paused_not_buffered_without_end() -> None:
+    sent = asyncio.Event()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b"y" * (8 * 1024 * 1024)
+        writer.write(answer(body))
+        await writer.drain()
+        sent.set()
+
+    transport = AsyncioTransport(limits=LIMITS)
+    async with server(flood) as port:
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}/flood")
+        response = await transport.handle_async_request(request)
+        stream = response.extensions["network_stream"]
+        # Read nothing more: the socket must stop being read near the high-water mark, so
+        # the client buffers a bounded amount while the server waits to send the rest.
+        protocol = stream._protocol
+
+        async def paused() -> bool:
+            return not protocol.transport.is_reading()
+
+        await wait_for(paused, deadline_s=10, what="reading to pause")
+        assert len(protocol.buffer) < 1024 * 1024
+        assert not sent.is_set()
+        body = await response.aread()  # reading on resumes the socket until the end
+        assert len(body) == 8 * 1024 * 1024
+        await response.aclose()
+        await transport.aclose()

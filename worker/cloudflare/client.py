@@ -252,7 +252,7 @@ class HttpPool:
             async with asyncio.timeout(self._total_timeout_s):
                 response = await self._transports[index].handle_async_request(request)
                 try:
-                    await response.aread()
+                    await _read_capped(response, request)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -274,6 +274,26 @@ class HttpPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+"""Largest answer body read (after decompression). A detections answer is a few kB; a wrong
+base_url or a broken proxy could send without end, and memory must stay bounded."""
+
+
+async def _read_capped(response: httpx.Response, request: httpx.Request) -> None:
+    """Read the body into ``response.content``, or raise past MAX_ANSWER_BYTES."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > MAX_ANSWER_BYTES:
+            # A transport error to the caller: retried, then retries_exhausted.
+            raise httpx.RemoteProtocolError(
+                f"answer larger than {MAX_ANSWER_BYTES} bytes", request=request
+            )
+        parts.append(part)
+    response._content = b"".join(parts)  # what Response.aread() stores
 
 
 DEFAULT_HEADERS = {"user-agent": f"enrich-worker/{__version__}", "accept-encoding": "gzip, deflate"}

@@ -25,8 +25,12 @@ SocketOption = (
 )
 
 
+_HIGH_WATER = 256 * 1024
+"""Bytes buffered before the socket stops being read (the kernel then slows the sender)."""
+
+
 class _SocketProtocol(asyncio.Protocol):
-    """Buffers what arrives on one connection until the stream reads it."""
+    """Buffers what arrives on one connection until the stream reads it (at most ~256 kB)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -42,6 +46,8 @@ class _SocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if len(self.buffer) > _HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -102,6 +108,10 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
                 raise httpcore.ReadTimeout("timed out reading the answer") from None
         data = bytes(protocol.buffer[:max_bytes])
         del protocol.buffer[:max_bytes]
+        transport = self._transport
+        paused = not transport.is_reading() and not transport.is_closing()
+        if paused and len(protocol.buffer) <= _HIGH_WATER // 2:
+            transport.resume_reading()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
