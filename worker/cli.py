@@ -323,16 +323,34 @@ async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -
         raise ConfigError("give ids, --input FILE, or '-' to read stdin")
     metrics = Metrics(CollectorRegistry())
     async with open_enricher(settings.cloudflare, metrics) as enricher:
-        stats = await enrich_lines(
-            _lines(ids, input_file),
-            enricher,
-            default_account_id=settings.cloudflare.account_id,
-            max_bytes=settings.pipeline.max_message_bytes,
-            window=settings.cloudflare.max_in_flight * 4,
-            out=sys.stdout.buffer,
-            err=sys.stderr,
+        work = asyncio.ensure_future(
+            enrich_lines(
+                _lines(ids, input_file),
+                enricher,
+                default_account_id=settings.cloudflare.account_id,
+                max_bytes=settings.pipeline.max_message_bytes,
+                window=settings.cloudflare.max_in_flight * 4,
+                out=sys.stdout.buffer,
+                err=sys.stderr,
+            )
         )
-    return EXIT_OK if stats.failed == 0 else EXIT_FAILED
+        # A service holds every call while the credentials are refused and waits for a
+        # fix; a playbook waiting on one-shot mode wants an answer, so it stops instead.
+        refused = asyncio.ensure_future(enricher.credentials_refused())
+        try:
+            await asyncio.wait({work, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, refused):
+                task.cancel()
+            await asyncio.gather(work, refused, return_exceptions=True)
+        if not work.cancelled():
+            stats = work.result()  # re-raises what ended the work, if anything did
+            return EXIT_OK if stats.failed == 0 else EXIT_FAILED
+        raise ConfigError(
+            "Cloudflare refused the credentials (401/403): check the token and its "
+            "permission 'Account > Cloud Email Security > Read'; the ids after the "
+            "first refused one were not tried"
+        )
 
 
 async def _lines(ids: list[str], input_file: Path | None) -> AsyncIterator[str]:

@@ -68,6 +68,10 @@ class Enricher:
         self._metrics = metrics
         self._sleep = sleep
 
+    async def credentials_refused(self) -> None:
+        """Return once Cloudflare refuses the credentials (a service holds; one-shot stops)."""
+        await self._client.refused.wait()
+
     def hold_reason(self) -> str | None:
         """Why every call is being held right now, or None when calls flow."""
         if self._client.credentials_refused:

@@ -252,3 +252,21 @@ async def test_create_topics_then_check_passes_and_run_refuses_missing_topics(
     assert code == 1
     assert b"FAIL api" in out
     assert b"not-the-token" not in out
+
+
+async def test_enrich_stops_with_exit_2_when_cloudflare_refuses_the_token(
+    start_simulator: SimulatorFactory,
+) -> None:
+    # Found by a new user: one-shot mode held like the service and never returned, so a
+    # playbook calling it would hang. It now stops at the first refusal.
+    api = await start_simulator(seed=SEED)
+    ids = [catalog_id(SEED, i) for i in range(40)]
+    env = _env(api.base_url)
+    env["ENRICH_CLOUDFLARE__API_TOKEN"] = "not-the-simulator-token"
+    code, out, err = await _cli("enrich", *ids, env=env)
+    assert code == 2
+    assert out == b""
+    assert b"Cloudflare refused the credentials" in err
+    assert b"not-the-simulator-token" not in err
+    refused = api.sim.stats()["requests_by_status"].get("403", 0)
+    assert 1 <= refused <= 16  # at most one window of concurrent calls, not one per id

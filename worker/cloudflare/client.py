@@ -103,6 +103,8 @@ class DetectionsClient:
         self._auth_logged_at = -auth_retry_s
         self.credentials_refused = False
         """True from a refused-credentials answer until any other answer arrives."""
+        self.refused = asyncio.Event()
+        """Set with ``credentials_refused``: one-shot mode stops on it instead of holding."""
         self.api_unavailable = False
         """True after ``outage_after`` transient failures in a row, until a call succeeds."""
         self._failures_in_a_row = 0
@@ -164,6 +166,7 @@ class DetectionsClient:
                 # Our token works for our account but not this message's: its fault alone.
                 return AccountForbiddenError(exc.detail, status=exc.status, codes=exc.codes)
             self.credentials_refused = True
+            self.refused.set()
             # No call can succeed: hold all of them, so that a bad token costs one probe
             # per interval, not the whole budget.
             self._hold("Cloudflare refused the credentials; holding every message until "
@@ -202,6 +205,7 @@ class DetectionsClient:
 
     def _calls_flow(self) -> None:
         self.credentials_refused = False
+        self.refused.clear()
         self.api_unavailable = False
         self._failures_in_a_row = 0
 
