@@ -101,10 +101,9 @@ class DetectionsClient:
         self._auth_retry_s = auth_retry_s
         self._reserve = reserve
         self._auth_logged_at = -auth_retry_s
-        self.credentials_refused = False
-        """True from a refused-credentials answer until any other answer arrives."""
         self.refused = asyncio.Event()
-        """Set with ``credentials_refused``: one-shot mode stops on it instead of holding."""
+        """Set from a refused-credentials answer until any other answer arrives (a service
+        holds every call meanwhile; one-shot mode stops on it)."""
         self.api_unavailable = False
         """True after ``outage_after`` transient failures in a row, until a call succeeds."""
         self._failures_in_a_row = 0
@@ -165,7 +164,6 @@ class DetectionsClient:
             if self._default_account is not None and account_id != self._default_account:
                 # Our token works for our account but not this message's: its fault alone.
                 return AccountForbiddenError(exc.detail, status=exc.status, codes=exc.codes)
-            self.credentials_refused = True
             self.refused.set()
             # No call can succeed: hold all of them, so that a bad token costs one probe
             # per interval, not the whole budget.
@@ -173,7 +171,7 @@ class DetectionsClient:
                        "they work (fix the token or its permission 'Cloud Email Security: "
                        "Read')", exc)  # fmt: skip
             return exc
-        self.credentials_refused = False
+        self.refused.clear()
         if isinstance(exc, RateLimitedError):
             # The whole account is blocked: hold every call, not only this one.
             wait = self._default_retry_after_s if exc.retry_after_s is None else exc.retry_after_s
@@ -203,8 +201,12 @@ class DetectionsClient:
             self._auth_logged_at = now
             log.error(message, extra={"status": exc.status, "codes": list(exc.codes)})
 
+    @property
+    def credentials_refused(self) -> bool:
+        """True while Cloudflare refuses the credentials (see ``refused``)."""
+        return self.refused.is_set()
+
     def _calls_flow(self) -> None:
-        self.credentials_refused = False
         self.refused.clear()
         self.api_unavailable = False
         self._failures_in_a_row = 0
