@@ -287,6 +287,15 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+def _extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The fields a log call passed with ``extra=`` (topic, partition, offset, ...)."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _STANDARD_ATTRS and not key.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
@@ -297,9 +306,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                doc[key] = value
+        doc.update(_extra_fields(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
@@ -313,11 +320,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [
-            f"{key}={value}"
-            for key, value in record.__dict__.items()
-            if key not in _STANDARD_ATTRS and not key.startswith("_")
-        ]
+        extras = [f"{key}={value}" for key, value in _extra_fields(record).items()]
         if not extras:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the fields
