@@ -315,7 +315,7 @@ def _check_health(args: argparse.Namespace) -> int:
 async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -> int:
     from prometheus_client import CollectorRegistry
 
-    from worker.enricher import open_enricher
+    from worker.enricher import HOLD_AUTH, open_enricher
     from worker.observability import Metrics
     from worker.oneshot import enrich_lines
 
@@ -334,23 +334,30 @@ async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -
                 err=sys.stderr,
             )
         )
-        # A service holds every call while the credentials are refused and waits for a
-        # fix; a playbook waiting on one-shot mode wants an answer, so it stops instead.
-        refused = asyncio.ensure_future(enricher.credentials_refused())
+        # A service holds every call while the credentials are refused or the API is down,
+        # and waits; a playbook waiting on one-shot mode wants an answer, so it stops.
+        held = asyncio.ensure_future(enricher.held_for_good())
         try:
-            await asyncio.wait({work, refused}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, held}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, refused):
+            for task in (work, held):
                 task.cancel()
-            await asyncio.gather(work, refused, return_exceptions=True)
+            await asyncio.gather(work, held, return_exceptions=True)
         if not work.cancelled():
             stats = work.result()  # re-raises what ended the work, if anything did
             return EXIT_OK if stats.failed == 0 else EXIT_FAILED
-        raise ConfigError(
-            "Cloudflare refused the credentials (401/403): check the token and its "
-            "permission 'Account > Cloud Email Security > Read'; the ids after the "
-            "first refused one were not tried"
+        if held.result() == HOLD_AUTH:
+            raise ConfigError(
+                "Cloudflare refused the credentials (401/403): check the token and its "
+                "permission 'Account > Cloud Email Security > Read'; the ids after the "
+                "first refused one were not tried"
+            )
+        print(
+            "enrich: the Cloudflare API does not answer (many failed calls in a row): check "
+            "cloudflare.base_url and the network; the ids not reported were not enriched",
+            file=sys.stderr,
         )
+        return EXIT_FAILED
 
 
 async def _lines(ids: list[str], input_file: Path | None) -> AsyncIterator[str]:

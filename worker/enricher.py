@@ -68,9 +68,22 @@ class Enricher:
         self._metrics = metrics
         self._sleep = sleep
 
-    async def credentials_refused(self) -> None:
-        """Return once Cloudflare refuses the credentials (a service holds; one-shot stops)."""
-        await self._client.refused.wait()
+    async def held_for_good(self) -> str:
+        """Return HOLD_AUTH or HOLD_UNAVAILABLE once every call is held for that reason.
+
+        A service holds and waits for the fix; one-shot mode, whose caller wants an answer
+        now, stops on it instead.
+        """
+        waits = [
+            asyncio.ensure_future(self._client.refused.wait()),
+            asyncio.ensure_future(self._client.unavailable.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return HOLD_AUTH if self._client.credentials_refused else HOLD_UNAVAILABLE
 
     def hold_reason(self) -> str | None:
         """Why every call is being held right now, or None when calls flow."""

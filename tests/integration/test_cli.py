@@ -270,3 +270,14 @@ async def test_enrich_stops_with_exit_2_when_cloudflare_refuses_the_token(
     assert b"not-the-simulator-token" not in err
     refused = api.sim.stats()["requests_by_status"].get("403", 0)
     assert 1 <= refused <= 16  # at most one window of concurrent calls, not one per id
+
+
+async def test_enrich_stops_when_the_api_does_not_answer() -> None:
+    # Found by a new user: with nothing listening at base_url, one-shot mode held every
+    # call like the service and never returned once 25 calls in a row had failed.
+    base_url = f"http://127.0.0.1:{_free_port()}/client/v4"  # nothing listens there
+    ids = [catalog_id(SEED, i) for i in range(100)]
+    code, out, err = await _cli("enrich", *ids, env=_env(base_url))
+    assert code == 1
+    assert out == b""
+    assert b"the Cloudflare API does not answer" in err

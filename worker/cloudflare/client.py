@@ -104,8 +104,9 @@ class DetectionsClient:
         self.refused = asyncio.Event()
         """Set from a refused-credentials answer until any other answer arrives (a service
         holds every call meanwhile; one-shot mode stops on it)."""
-        self.api_unavailable = False
-        """True after ``outage_after`` transient failures in a row, until a call succeeds."""
+        self.unavailable = asyncio.Event()
+        """Set after ``outage_after`` transient failures in a row, until a call succeeds (a
+        service holds every call meanwhile; one-shot mode stops on it)."""
         self._failures_in_a_row = 0
         self._outage_after = outage_after
         self._default_account = default_account
@@ -181,14 +182,14 @@ class DetectionsClient:
             return exc
         if not isinstance(exc, TransientApiError):
             self._failures_in_a_row = 0
-            self.api_unavailable = False
+            self.unavailable.clear()
             return exc
         self._failures_in_a_row += 1
         if self._failures_in_a_row < self._outage_after:
             return exc
         # So many calls in a row failed that the API (or the path to it) is down: hold
         # every call instead of spending each message's attempts and sending it to the DLQ.
-        self.api_unavailable = True
+        self.unavailable.set()
         self._hold(f"Cloudflare API unavailable ({self._failures_in_a_row} failed calls in a "
                    "row); holding every message until it answers (check base_url and the "
                    "network if this lasts)", exc)  # fmt: skip
@@ -206,9 +207,14 @@ class DetectionsClient:
         """True while Cloudflare refuses the credentials (see ``refused``)."""
         return self.refused.is_set()
 
+    @property
+    def api_unavailable(self) -> bool:
+        """True while the API looks down (see ``unavailable``)."""
+        return self.unavailable.is_set()
+
     def _calls_flow(self) -> None:
         self.refused.clear()
-        self.api_unavailable = False
+        self.unavailable.clear()
         self._failures_in_a_row = 0
 
 
