@@ -56,6 +56,7 @@ def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> A
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
+        max_batch_size=settings.max_batch_bytes,
         transactional_id=transactional_id,
     )
 

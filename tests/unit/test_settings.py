@@ -7,6 +7,7 @@ file, and require_credentials. Every test starts from an environment without ENR
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -250,3 +251,25 @@ def test_a_legacy_email_that_cannot_be_an_http_header_stops_at_start() -> None:
     text = config_error(cloudflare={"auth_email": "søc@example.com", "auth_key": "k" * 37})
     assert "auth_email" in text
     assert "ASCII" in text
+
+
+def test_producer_batch_size_comes_from_the_setting_and_stays_under_the_broker_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.kafka import build_producer
+
+    monkeypatch.setenv("ENRICH_KAFKA__MAX_BATCH_BYTES", "65536")
+    settings = load_settings()
+
+    async def batch_size() -> int:  # aiokafka clients are built inside a running loop
+        producer = build_producer(settings.kafka)
+        size: int = producer._message_accumulator._batch_size
+        await producer.stop()
+        return size
+
+    assert asyncio.run(batch_size()) == 65536
+    # Kafka's default max.message.bytes is 1,048,588: a default batch must fit in it.
+    assert Settings().kafka.max_batch_bytes < 1_048_588
+    monkeypatch.setenv("ENRICH_KAFKA__MAX_BATCH_BYTES", "2000000")
+    with pytest.raises(ConfigError, match="MAX_BATCH_BYTES"):
+        load_settings()
