@@ -63,7 +63,7 @@ def main() -> int:
     h.create_topics(args.bootstrap, topics)
     h.feed(args.bootstrap, topics.input, h.distinct_ids(args.ids))
     with tempfile.TemporaryDirectory() as tmp, h.Simulator("--rate-limit", "0") as sim:
-        collapsed = Path(tmp) / "worker.txt"
+        collapsed = Path(os.environ.get("PROFILE_RAW", Path(tmp) / "worker.txt"))
         argv = [py_spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(collapsed)]
         measured = h.run_measured(
             [*argv, "--", *h.ENRICH_WORKER, "run", "--burst"],

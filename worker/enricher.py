@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,8 +11,8 @@ import httpx
 
 from worker.budget import Budget
 from worker.cache import TtlCache
+from worker.cloudflare.answers import detections_of
 from worker.cloudflare.client import Credentials, DetectionsClient, build_http_client
-from worker.cloudflare.models import Detections
 from worker.inputs import EnrichRequest
 from worker.observability import Metrics
 from worker.retry import Attempts, Outcome, RetryPolicy, Sleep, fetch_with_retry
@@ -25,24 +24,27 @@ HOLD_UNAVAILABLE = "api_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
-class _Packed:
-    """A cached success, compact: its detections as zlib-compressed JSON.
+class _Cached:
+    """A cached success: the answer's JSON body as it came, parsed again on a repeat.
 
-    Parsed detections take some 15 kB of Python objects (headers are long); packed, about
-    1 kB, so a full cache of 10,000 answers takes about 12 MB instead of some 150 MB.
-    Packing costs some 45 us per call, unpacking some 45 us per repeat (bench/README.md).
+    The body is a few kB where parsed detections are some 15 kB of Python objects; it is not
+    compressed, which cost ~40 us of CPU per call for every id, repeated or not, while the
+    cache's size is bounded in bytes anyway (``cloudflare.cache_max_bytes``).
     """
 
-    detections: bytes
+    body: bytes
     attempts: Attempts
 
-    @classmethod
-    def of(cls, detections: Detections, attempts: Attempts) -> _Packed:
-        return cls(zlib.compress(detections.model_dump_json().encode(), 1), attempts)
-
     def unpack(self) -> Outcome:
-        detections = Detections.model_validate_json(zlib.decompress(self.detections))
-        return Outcome(detections=detections, attempts=self.attempts)
+        return Outcome(detections=detections_of(self.body), body=self.body, attempts=self.attempts)
+
+
+_ENTRY_OVERHEAD = 512
+"""Bytes an entry costs beyond its body (key, attempts, the cache's own bookkeeping)."""
+
+
+def _weigh(entry: Outcome | _Cached) -> int:
+    return _ENTRY_OVERHEAD + (len(entry.body) if isinstance(entry, _Cached) else 0)
 
 
 class Enricher:
@@ -56,11 +58,11 @@ class Enricher:
         policy: RetryPolicy,
         metrics: Metrics,
         sleep: Sleep,
-        cache: TtlCache[tuple[str, str], Outcome | _Packed] | None = None,
+        cache: TtlCache[tuple[str, str], Outcome | _Cached] | None = None,
     ) -> None:
         self._client = client
         self._budget = budget
-        self._cache: TtlCache[tuple[str, str], Outcome | _Packed] = (
+        self._cache: TtlCache[tuple[str, str], Outcome | _Cached] = (
             TtlCache(ttl_s=0, max_entries=0) if cache is None else cache
         )
         self._in_flight: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
@@ -102,33 +104,48 @@ class Enricher:
         concurrent requests for the same id share one call.
         """
         key = (request.account_id, request.investigate_id)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._metrics.cache_hits.labels(kind="cache").inc()
-            return cached.unpack() if isinstance(cached, _Packed) else cached
-        shared = self._in_flight.get(key)
-        if shared is not None:
+        while True:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._metrics.cache_hits.labels(kind="cache").inc()
+                return cached.unpack() if isinstance(cached, _Cached) else cached
+            shared = self._in_flight.get(key)
+            if shared is None:
+                break
             self._metrics.cache_hits.labels(kind="shared").inc()
-            # Shielded: a joiner that is cancelled must not cancel the call it shares.
-            return await asyncio.shield(shared)
-        task = asyncio.ensure_future(self._fetch(request))
-        self._in_flight[key] = task
+            try:
+                # Shielded: a joiner that is cancelled must not cancel the call it shares.
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not shared.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this joiner itself is cancelled
+                # The caller that made the call was cancelled (rebalance, shutdown) and its
+                # call with it: look again, and make the call here if still needed.
+        # The call runs in this caller's task (no task of its own: that cost ~5 % of the
+        # CPU per message); callers of the same id meanwhile wait on this future.
+        shared = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = shared
         try:
-            outcome = await task
+            outcome = await self._fetch(request)
+        except BaseException:
+            shared.cancel()  # joiners make the call themselves
+            raise
         finally:
             del self._in_flight[key]
+        shared.set_result(outcome)
         # Successes and permanent answers (e.g. not found) are facts about the id; an
         # exhausted retry is not, and is tried afresh next time.
         if outcome.detections is not None:
-            if self._cache.enabled:
-                self._cache.put(key, _Packed.of(outcome.detections, outcome.attempts))
+            if outcome.body is not None:
+                self._cache.put(key, _Cached(outcome.body, outcome.attempts))
         elif outcome.error is not None and not outcome.error.retriable:
             self._cache.put(key, outcome)
         return outcome
 
     async def _fetch(self, request: EnrichRequest) -> Outcome:
         return await fetch_with_retry(
-            lambda: self._client.fetch(request.account_id, request.investigate_id),
+            lambda: self._client.fetch_answer(request.account_id, request.investigate_id),
             self._policy,
             sleep=self._sleep,
             on_retry=lambda reason: self._metrics.retries.labels(reason=reason).inc(),
@@ -174,5 +191,10 @@ async def open_enricher(
             policy=policy,
             metrics=metrics,
             sleep=sleep or asyncio.sleep,
-            cache=TtlCache(ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries),
+            cache=TtlCache(
+                ttl_s=settings.cache_ttl_s,
+                max_entries=settings.cache_max_entries,
+                max_bytes=settings.cache_max_bytes,
+                weigh=_weigh,
+            ),
         )

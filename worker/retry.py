@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from worker.cloudflare.answers import Answer
 from worker.cloudflare.models import Detections
 from worker.errors import (
     ApiError,
@@ -52,19 +53,39 @@ class Attempts:
     """What the DLQ record says about the tries of one message."""
 
     count: int = 0
-    first_at: str | None = None
-    last_at: str | None = None
+    first_s: float | None = None
+    """Wall-clock time (epoch seconds) of the first attempt; kept as a number because
+    most messages never need it written out (a DLQ record does)."""
+    last_s: float | None = None
     last_status: int | None = None
     last_codes: tuple[int, ...] = ()
 
     def record(self, error: ApiError | None) -> None:
         """Note one attempt and, if it failed, how."""
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = time.time()
         self.count += 1
-        self.first_at = self.first_at or now
-        self.last_at = now
+        if self.first_s is None:
+            self.first_s = now
+        self.last_s = now
         self.last_status = 200 if error is None else error.status
         self.last_codes = () if error is None else error.codes
+
+    @property
+    def first_at(self) -> str | None:
+        """The first attempt's time, RFC 3339 with milliseconds (as DLQ records write it)."""
+        return _rfc3339(self.first_s)
+
+    @property
+    def last_at(self) -> str | None:
+        """The last attempt's time, RFC 3339 with milliseconds."""
+        return _rfc3339(self.last_s)
+
+
+def _rfc3339(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    when = datetime.fromtimestamp(epoch_s, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -72,12 +93,14 @@ class Outcome:
     """Detections, or the final error and the attempts that led to it."""
 
     detections: Detections | None = None
+    body: bytes | None = None
+    """The JSON body the detections were parsed from (what the cache keeps)."""
     error: ApiError | None = None
     attempts: Attempts = field(default_factory=Attempts)
 
 
 async def fetch_with_retry(
-    fetch: Callable[[], Awaitable[Detections]],
+    fetch: Callable[[], Awaitable[Answer]],
     policy: RetryPolicy,
     *,
     sleep: Sleep = asyncio.sleep,
@@ -96,7 +119,7 @@ async def fetch_with_retry(
     transient_s = 0.0  # time spent failing and backing off for transient reasons
     while True:
         try:
-            outcome.detections = await fetch()
+            outcome.detections, outcome.body = await fetch()
         except ApiError as exc:
             outcome.attempts.record(exc)
             if not exc.retriable:

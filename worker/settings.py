@@ -82,8 +82,9 @@ class CloudflareSettings(_Section):
     default_retry_after_s: float = Field(default=300.0, ge=0)
     cache_ttl_s: float = Field(default=600.0, ge=0)
     # The default budget lets through about 2,200 calls per default TTL: 10,000 answers
-    # leave room for a larger budget while keeping the cache near 12 MB.
+    # leave room for a larger budget; the byte bound keeps memory flat whatever their size.
     cache_max_entries: int = Field(default=10_000, ge=0)
+    cache_max_bytes: int = Field(default=24 * 1024 * 1024, ge=0)
 
     @model_validator(mode="before")
     @classmethod

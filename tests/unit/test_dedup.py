@@ -143,3 +143,68 @@ def test_a_zero_ttl_turns_the_cache_off() -> None:
     cache.put("a", 1)
     assert cache.get("a") is None
     assert not cache.enabled
+
+
+def test_cache_is_bounded_in_bytes_too() -> None:
+    cache: TtlCache[str, str] = TtlCache(ttl_s=60, max_entries=10, max_bytes=10, weigh=len)
+    cache.put("a", "aaaa")
+    cache.put("b", "bbbb")
+    cache.put("a", "AAAA")  # replacing a value does not count it twice
+    assert cache.bytes == 8
+    cache.put("c", "cccc")  # 12 bytes: the least recently used (b) goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("AAAA", None, "cccc")
+    assert cache.bytes == 8
+    cache.put("huge", "x" * 11)  # larger than the whole cache: not kept, nothing evicted
+    assert (cache.get("huge"), len(cache), cache.bytes) == (None, 2, 8)
+    assert not TtlCache(ttl_s=60, max_entries=10, max_bytes=0).enabled
+
+
+async def test_a_repeat_from_the_cache_is_the_answer_parsed_again() -> None:
+    api, registry = Api(), CollectorRegistry()
+    cache: TtlCache[tuple[str, str], object] = TtlCache(ttl_s=60, max_entries=10)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+        enricher = make_enricher(http, registry, cache)
+        first = await enricher.enrich(request("a1"))
+        again = await enricher.enrich(request("a1"))
+    assert api.calls == {"a1": 1}
+    assert again.detections == first.detections
+    assert again.detections is not first.detections  # each message gets its own copy
+    assert again.attempts.count == first.attempts.count == 1
+
+
+async def test_a_cancelled_caller_leaves_the_call_to_those_sharing_it() -> None:
+    api, registry = Api(), CollectorRegistry()
+    api.release.clear()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+        enricher = make_enricher(http, registry, TtlCache(ttl_s=0, max_entries=0))
+        owner = asyncio.create_task(enricher.enrich(request("a1")))
+        joiner = asyncio.create_task(enricher.enrich(request("a1")))
+        deadline = asyncio.get_running_loop().time() + 5
+        while registry.get_sample_value("enrich_cache_hits_total", {"kind": "shared"}) != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the joiner never joined"
+            await asyncio.sleep(0)
+        owner.cancel()  # e.g. its partition was revoked
+        api.release.set()
+        outcome = await joiner
+        assert owner.cancelled()
+    assert outcome.detections is not None  # the joiner was not cancelled with the owner
+    assert api.calls == {"a1": 2}  # it made the call itself
+
+
+async def test_a_cancelled_joiner_does_not_cancel_the_call_it_shares() -> None:
+    api, registry = Api(), CollectorRegistry()
+    api.release.clear()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+        enricher = make_enricher(http, registry, TtlCache(ttl_s=0, max_entries=0))
+        owner = asyncio.create_task(enricher.enrich(request("a1")))
+        joiner = asyncio.create_task(enricher.enrich(request("a1")))
+        deadline = asyncio.get_running_loop().time() + 5
+        while registry.get_sample_value("enrich_cache_hits_total", {"kind": "shared"}) != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the joiner never joined"
+            await asyncio.sleep(0)
+        joiner.cancel()
+        api.release.set()
+        outcome = await owner
+        assert joiner.cancelled()
+    assert outcome.detections is not None
+    assert api.calls == {"a1": 1}

@@ -384,8 +384,8 @@ def test_dlq_record_without_key_value_or_attempts() -> None:
 def test_dlq_record_with_attempts_and_source() -> None:
     attempts = Attempts(
         count=5,
-        first_at="2026-01-05T10:00:00.000Z",
-        last_at="2026-01-05T10:00:09.500Z",
+        first_s=1767607200.0,  # 2026-01-05T10:00:00Z
+        last_s=1767607209.5,
         last_status=404,
         last_codes=(7003,),
     )

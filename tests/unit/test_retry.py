@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import pytest
 
 from tests.unit.conftest import FakeClock
+from worker.cloudflare.answers import Answer
 from worker.cloudflare.models import Detections
 from worker.errors import (
     ApiError,
@@ -36,11 +37,11 @@ class Script:
         self.errors = list(errors)
         self.calls = 0
 
-    async def __call__(self) -> Detections:
+    async def __call__(self) -> Answer:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
-        return DETECTIONS
+        return Answer(DETECTIONS, b"{}")
 
 
 class Sleeps:
@@ -64,7 +65,7 @@ def auth() -> AuthError:
 
 
 async def run(
-    fetch: Callable[[], Awaitable[Detections]],
+    fetch: Callable[[], Awaitable[Answer]],
     policy: RetryPolicy = POLICY,
     seed: int = 1,
 ) -> tuple[Outcome, Sleeps, list[str]]:
@@ -191,7 +192,7 @@ async def test_auth_failures_do_not_use_up_attempts_of_transient_errors() -> Non
 
 
 async def test_non_api_exception_propagates() -> None:
-    async def broken() -> Detections:
+    async def broken() -> Answer:
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError, match="bug"):

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -28,6 +28,13 @@ from worker.errors import (
 NOT_FOUND_CODES = frozenset({7000, 7003})
 AUTH_CODES = frozenset({10000, 6003})
 RATE_LIMIT_CODE = 971
+
+
+class Answer(NamedTuple):
+    """A successful answer: its detections, and the JSON body they were parsed from."""
+
+    detections: Detections
+    body: bytes
 
 
 def parse_answer(
@@ -74,6 +81,11 @@ def parse_answer(
     if status != 200 or not isinstance(doc, dict):
         raise InvalidResponseError(f"HTTP {status} with an unexpected body", status=status)
     raise ApiRejectedError(detail, status=status, codes=code_list)  # success is not true
+
+
+def detections_of(body: bytes) -> Detections:
+    """The detections of a body that ``parse_answer`` accepted before (the cache's copy)."""
+    return parse_answer(200, {}, body, default_retry_after_s=0.0)
 
 
 def _detections(doc: dict[str, Any], status: int) -> Detections:

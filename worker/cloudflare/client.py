@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from worker import __version__
 from worker.budget import Budget
-from worker.cloudflare.answers import parse_answer, parse_ratelimit
+from worker.cloudflare.answers import Answer, parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
 from worker.cloudflare.transport import AsyncioTransport
 from worker.concurrency import AdaptiveLimit
@@ -113,16 +113,20 @@ class DetectionsClient:
 
     async def fetch(self, account_id: str, investigate_id: str) -> Detections:
         """One call. Returns the detections or raises an ApiError subclass."""
+        return (await self.fetch_answer(account_id, investigate_id)).detections
+
+    async def fetch_answer(self, account_id: str, investigate_id: str) -> Answer:
+        """One call. Returns the detections with the body they came from, or raises."""
         try:
-            detections = await self._call(account_id, investigate_id)
+            answer = await self._call(account_id, investigate_id)
         except ApiError as exc:
             for code in exc.codes:
                 self._metrics.api_error(code)
             raise self._account_wide(exc, account_id) from None
         self._calls_flow()
-        return detections
+        return answer
 
-    async def _call(self, account_id: str, investigate_id: str) -> Detections:
+    async def _call(self, account_id: str, investigate_id: str) -> Answer:
         url = detections_url(self._base_url, account_id, investigate_id)
         async with self._slots:
             sent_at, waited = await self._budget.reserve()
@@ -152,12 +156,14 @@ class DetectionsClient:
                 self._slots.struggled()
             else:
                 self._slots.succeeded()
-        return parse_answer(
+        body = response.content
+        detections = parse_answer(
             response.status_code,
             response.headers,
-            response.content,
+            body,
             default_retry_after_s=self._default_retry_after_s,
         )
+        return Answer(detections, body)
 
     def _account_wide(self, exc: ApiError, account_id: str) -> ApiError:
         """Turn what one failed call says about the whole account into a hold of all calls."""
