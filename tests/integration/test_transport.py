@@ -17,7 +17,8 @@ import pytest
 import trustme
 
 from tests.conftest import SimulatorFactory, wait_for
-from worker.cloudflare.client import build_http_client
+from worker.cloudflare.client import DEFAULT_HEADERS, build_http_client
+from worker.cloudflare.request_builder import RequestBuilder
 from worker.cloudflare.transport import AsyncioTransport
 from worker.settings import CloudflareSettings
 from worker.simulator import DEFAULT_TOKEN, catalog_id
@@ -96,7 +97,7 @@ async def test_the_worker_http_pool_uses_the_asyncio_transport(
     async with build_http_client(settings) as pool:
         url = f"{api.base_url}/accounts/{ACCOUNT}/email-security/investigate/{catalog_id(1, 0)}"
         auth = {"authorization": f"Bearer {DEFAULT_TOKEN}"}
-        response = await pool.get(url + "/detections", headers=auth)
+        response = await pool.send(httpx.Request("GET", url + "/detections", headers=auth))
         assert response.status_code == 200
         stream = response.extensions["network_stream"]
         assert type(stream).__module__ == "worker.cloudflare.transport"
@@ -212,8 +213,9 @@ async def test_the_worker_pool_bounds_the_whole_call_not_only_each_read() -> Non
     )
     async with server(trickle) as port, build_http_client(settings) as pool:
         # Each byte comes well within the 0.5 s read timeout: only the whole-call one fires.
+        request = RequestBuilder(f"http://127.0.0.1:{port}", {**DEFAULT_HEADERS, "x-test": "1"})
         with pytest.raises(httpx.ReadTimeout, match=r"no whole answer within 0\.5 s"):
-            await pool.get(f"http://127.0.0.1:{port}/slow", headers={"x-test": "1"})
+            await pool.send(request.get("/slow"))
     head = seen[0].lower()
     assert b"user-agent: enrich-worker/" in head
     assert b"x-test: 1" in head
@@ -235,7 +237,7 @@ async def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
     )
     async with server(endless) as port, build_http_client(settings) as pool:
         with pytest.raises(httpx.RemoteProtocolError, match="answer larger than"):
-            await pool.get(f"http://127.0.0.1:{port}/endless", headers={})
+            await pool.send(httpx.Request("GET", f"http://127.0.0.1:{port}/endless"))
 
 
 async def test_a_fast_sender_is_paused_not_buffered_without_end() -> None:

@@ -1,5 +1,8 @@
 """worker.cloudflare.client: the detections URL and the request DetectionsClient sends.
 
+Also worker.cloudflare.request_builder: the URLs it builds from the parsed base URL are
+exactly those httpx parses from the text, for every id here and several base URLs.
+
 The investigate id is untrusted: it must become exactly one path segment and never change
 the host, the query or the rest of the path. Checked on detections_url directly and on the
 request an httpx.MockTransport receives, together with the Bearer / legacy auth headers.
@@ -15,7 +18,13 @@ import pytest
 from pydantic import SecretStr
 
 from worker.budget import Budget
-from worker.cloudflare.client import Credentials, DetectionsClient, detections_url
+from worker.cloudflare.client import (
+    Credentials,
+    DetectionsClient,
+    detections_path,
+    detections_url,
+)
+from worker.cloudflare.request_builder import RequestBuilder
 from worker.errors import InputError
 from worker.observability import Metrics
 
@@ -237,3 +246,48 @@ def test_credentials_repr_hides_secrets() -> None:
     text = repr(BEARER) + repr(LEGACY)
     assert "tok-123" not in text
     assert "key-456" not in text
+
+
+# --- RequestBuilder: the same URLs as httpx's own parsing ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "base", [BASE, "http://127.0.0.1:18787/client/v4/", "http://h:1", "https://[::1]:8443/x"]
+)
+def test_request_builder_makes_the_urls_httpx_parsing_makes(base: str) -> None:
+    builder = RequestBuilder(base, {})
+    assert builder.fast  # the checks at start pass with the pinned httpx
+    checked = 0
+    for investigate_id in [*REAL_IDS, *HOSTILE_IDS, "...", "a+b=c"]:
+        try:
+            path = detections_path(ACCOUNT, investigate_id)
+        except InputError:
+            continue
+        made = builder.get(path).url
+        parsed = httpx.URL(detections_url(base, ACCOUNT, investigate_id))
+        assert (str(made), made.raw_path, made.scheme, made.host, made.port) == (
+            str(parsed),
+            parsed.raw_path,
+            parsed.scheme,
+            parsed.host,
+            parsed.port,
+        )
+        checked += 1
+    assert checked > len(REAL_IDS)
+
+
+def test_request_builder_parses_every_url_if_httpx_changes_its_parsed_form() -> None:
+    builder = RequestBuilder(BASE, {})
+    builder._base_reference = ("a", "tuple", "without", "_replace")
+    assert not builder._fast_path_agrees()
+    builder.fast = False
+    assert builder.get("/a/b").url == httpx.URL(BASE + "/a/b")
+
+
+async def test_each_request_carries_its_headers_once(metrics: Metrics) -> None:
+    recorder = await fetch("abc", BEARER, metrics, base="http://127.0.0.1:18787/client/v4")
+    headers = recorder.requests[0].headers
+    names = sorted(name.decode().lower() for name, _ in headers.raw)
+    assert names == ["accept", "accept-encoding", "authorization", "host", "user-agent"]
+    assert headers["host"] == "127.0.0.1:18787"
+    assert headers["user-agent"].startswith("enrich-worker/")

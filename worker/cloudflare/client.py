@@ -19,6 +19,7 @@ from worker import __version__
 from worker.budget import Budget
 from worker.cloudflare.answers import Answer, parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
+from worker.cloudflare.request_builder import RequestBuilder
 from worker.cloudflare.transport import AsyncioTransport
 from worker.concurrency import AdaptiveLimit
 from worker.errors import (
@@ -34,6 +35,9 @@ from worker.observability import Metrics
 from worker.settings import CloudflareSettings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HEADERS = {"user-agent": f"enrich-worker/{__version__}", "accept-encoding": "gzip, deflate"}
+"""Sent with every call (httpx's client would add its own user-agent; ours names the tool)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +63,17 @@ class Credentials:
         return {}
 
 
-def detections_url(base_url: str, account_id: str, investigate_id: str) -> str:
-    """The detections URL; the id is validated again and becomes exactly one path segment."""
+def detections_path(account_id: str, investigate_id: str) -> str:
+    """The detections path under the base URL; the id is validated again and becomes exactly
+    one percent-encoded path segment."""
     segment = quote(validate_investigate_id(investigate_id), safe=":@")
     account = validate_account_id(account_id)
-    return (
-        f"{base_url.rstrip('/')}/accounts/{account}/email-security/investigate/{segment}/detections"
-    )
+    return f"/accounts/{account}/email-security/investigate/{segment}/detections"
+
+
+def detections_url(base_url: str, account_id: str, investigate_id: str) -> str:
+    """The detections URL (see ``detections_path``)."""
+    return base_url.rstrip("/") + detections_path(account_id, investigate_id)
 
 
 class DetectionsClient:
@@ -87,7 +95,9 @@ class DetectionsClient:
         outage_after: int = 25,
         default_account: str | None = None,
     ) -> None:
-        self._base_url = base_url
+        self._requests = RequestBuilder(
+            base_url, {**DEFAULT_HEADERS, "accept": "application/json", **credentials.headers()}
+        )
         self._http = http
         self._budget = budget
         self._metrics = metrics
@@ -96,7 +106,6 @@ class DetectionsClient:
             maximum=max_in_flight,
             on_change=metrics.concurrency_limit.set,
         )
-        self._headers = {"accept": "application/json", **credentials.headers()}
         self._default_retry_after_s = default_retry_after_s
         self._auth_retry_s = auth_retry_s
         self._reserve = reserve
@@ -127,7 +136,7 @@ class DetectionsClient:
         return answer
 
     async def _call(self, account_id: str, investigate_id: str) -> Answer:
-        url = detections_url(self._base_url, account_id, investigate_id)
+        request = self._requests.get(detections_path(account_id, investigate_id))
         async with self._slots:
             sent_at, waited = await self._budget.reserve()
             if waited:
@@ -135,7 +144,7 @@ class DetectionsClient:
             self._metrics.api_in_flight.inc()
             started = time.perf_counter()
             try:
-                response = await self._http.get(url, headers=self._headers)
+                response = await self._http.send(request)
             except httpx.TimeoutException as exc:
                 self._slots.struggled()
                 self._metrics.api_requests.labels(status="timeout").inc()
@@ -255,16 +264,14 @@ class HttpPool:
         self._extensions = {"timeout": timeout.as_dict()}
         self._total_timeout_s = total_timeout_s
 
-    async def get(self, url: str, *, headers: dict[str, str]) -> httpx.Response:
-        """GET ``url`` and read the whole answer, within the whole-call timeout.
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and read the whole answer, within the pool's timeouts.
 
         Raises what httpx raises; a call that outlasts the whole-call timeout (an answer
         that trickles in, each read inside the read timeout) raises ``httpx.ReadTimeout``.
         """
         index = max(range(len(self._free)), key=self._free.__getitem__)
-        request = httpx.Request(
-            "GET", url, headers={**DEFAULT_HEADERS, **headers}, extensions=self._extensions
-        )
+        request.extensions = self._extensions  # the pool's timeouts, whoever built it
         self._free[index] -= 1
         try:
             async with asyncio.timeout(self._total_timeout_s):
@@ -312,10 +319,6 @@ async def _read_capped(response: httpx.Response, request: httpx.Request) -> None
             )
         parts.append(part)
     response._content = b"".join(parts)  # what Response.aread() stores
-
-
-DEFAULT_HEADERS = {"user-agent": f"enrich-worker/{__version__}", "accept-encoding": "gzip, deflate"}
-"""Sent with every call (httpx's client would add its own user-agent; ours names the tool)."""
 
 
 def build_http_client(
