@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -263,6 +264,7 @@ class HttpPool:
         self._free = [size for _, size in transports]
         self._extensions = {"timeout": timeout.as_dict()}
         self._total_timeout_s = total_timeout_s
+        self._deadlines = Deadlines(total_timeout_s)
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read the whole answer, within the pool's timeouts.
@@ -274,7 +276,7 @@ class HttpPool:
         request.extensions = self._extensions  # the pool's timeouts, whoever built it
         self._free[index] -= 1
         try:
-            async with asyncio.timeout(self._total_timeout_s):
+            async with self._deadlines.apply():
                 response = await self._transports[index].handle_async_request(request)
                 try:
                     await _read_capped(response, request)
@@ -299,6 +301,79 @@ class HttpPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class Deadlines:
+    """A whole-call timeout for many concurrent calls, kept by one periodic check.
+
+    ``asyncio.timeout`` arms a timer per call and cancels it after; at ~1,000 calls/s with a
+    30 s timeout the loop's timer heap holds some 30,000 cancelled timers, and keeping it
+    cost ~3 % of the worker's CPU per event (bench/README.md). Here a call only notes its
+    deadline; a check that runs every ``period_s`` while calls are in flight cancels the
+    calls past theirs, and the block raises TimeoutError as ``asyncio.timeout`` does. A call
+    is stopped between its deadline and one period later.
+    """
+
+    def __init__(self, timeout_s: float, *, period_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.period_s = min(1.0, timeout_s / 4) if period_s is None else period_s
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._check: asyncio.TimerHandle | None = None
+
+    def apply(self) -> _Deadline:
+        """``async with deadlines.apply():`` raises TimeoutError past ``timeout_s``."""
+        return _Deadline(self)
+
+    def _enter(self, task: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + self.timeout_s
+        if self._check is None:
+            self._check = loop.call_later(self.period_s, self._expire, loop)
+
+    def _exit(self, task: asyncio.Task[Any]) -> bool:
+        """Forget the task; True if the check cancelled it."""
+        del self._deadlines[task]
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for task, deadline in self._deadlines.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._check = (
+            loop.call_later(self.period_s, self._expire, loop) if self._deadlines else None
+        )
+
+
+class _Deadline:
+    """One call's use of Deadlines (a class, not a generator: this runs for every call)."""
+
+    __slots__ = ("_cancelling", "_deadlines", "_task")
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self._deadlines = deadlines
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = 0
+
+    async def __aenter__(self) -> None:
+        self._cancelling = self._task.cancelling()
+        self._deadlines._enter(self._task)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if not self._deadlines._exit(self._task):
+            return
+        # The check cancelled this task: a timeout, unless somebody else cancelled it too.
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from None
 
 
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
