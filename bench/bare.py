@@ -13,11 +13,12 @@ bench/README.md). ``--transport httpx`` (default) is httpx as shipped, on anyio 
 ``--transport asyncio`` is the worker's AsyncioTransport (worker/cloudflare/transport.py).
 
 ``kafka``: one group consumer (``read_committed``, ``max_poll_records`` 500, no auto
-commit) and one idempotent ``acks=all`` producer with ``linger_ms`` 5, as the worker builds
-them; every record read is produced to the output topic (its value padded to
-``--value-bytes``, the size of the worker's events), at most ``--max-pending`` (the
-worker's ``pipeline.max_pending_messages``, 2,000) unacknowledged; offsets whose output was
-acknowledged are committed every ``--commit-interval-s``. No parsing, no HTTP.
+commit) and one idempotent ``acks=all`` producer with ``linger_ms`` 5 and the worker's
+batch size, as the worker builds them; every record read is produced to the output topic
+(its value padded to ``--value-bytes``, the size of the worker's events), at most
+``--max-pending`` (the worker's ``pipeline.max_pending_messages``, 2,000) unacknowledged;
+offsets whose output was acknowledged are committed every ``--commit-interval-s``. No
+parsing, no HTTP.
 
 Both print one JSON line: count, seconds from the first to the last item, rate, CPU.
 
@@ -44,6 +45,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.cloudflare.transport import AsyncioTransport
+from worker.settings import KafkaSettings
 from worker.simulator import DEFAULT_TOKEN, catalog_id
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
@@ -119,7 +121,11 @@ async def bare_kafka(args: argparse.Namespace) -> dict[str, Any]:
         isolation_level="read_committed",
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=KafkaSettings().max_batch_bytes,
     )
     await consumer.start()
     await producer.start()
