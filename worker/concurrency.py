@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
 
 class AdaptiveLimit:
-    """An async context manager that admits at most ``limit`` holders at once."""
+    """An async context manager that admits at most ``limit`` holders at once.
+
+    Waiters queue in order; a freed slot is handed to the first of them directly (no lock,
+    no re-check: with thousands of messages queueing for a few slots, that is every call).
+    """
 
     def __init__(
         self,
@@ -36,13 +41,21 @@ class AdaptiveLimit:
         self._clock = clock
         self._last_decrease = -cooldown_s
         self._on_change = on_change
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         on_change(self.limit)
 
     async def __aenter__(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use < self.limit)
+        if self.in_use < self.limit and not self._waiters:
             self.in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # done when a slot was handed over (and counted in in_use)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot just as this task was cancelled: pass it on
+            raise  # a cancelled waiter left in the queue is skipped by _admit
 
     async def __aexit__(
         self,
@@ -50,10 +63,19 @@ class AdaptiveLimit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        async with self._changed:
-            self.in_use -= 1
-            # Wake as many waiters as there are free slots (the limit may have grown).
-            self._changed.notify(max(1, self.limit - self.in_use))
+        self._release()
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free slots to the waiters, first come first served."""
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
 
     def succeeded(self) -> None:
         """One call went well: grow by one after ``limit`` of them."""
@@ -75,3 +97,4 @@ class AdaptiveLimit:
         if limit != self.limit:
             self.limit = limit
             self._on_change(limit)
+            self._admit()  # the limit may have grown

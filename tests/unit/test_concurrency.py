@@ -85,8 +85,65 @@ async def test_growth_admits_waiters() -> None:
         await asyncio.sleep(0)
     limit.succeeded()  # 1 success at limit 1: grows to 2
     assert limit.limit == 2
+    while limit.in_use < 2:  # the waiter is admitted at once, not when a holder leaves
+        await asyncio.sleep(0)
+    assert not first.done()
     gate.set()
     await asyncio.gather(first, second)
+    assert limit.in_use == 0
+
+
+async def test_a_cancelled_waiter_takes_no_slot_and_order_is_kept() -> None:
+    limit = AdaptiveLimit(minimum=1, maximum=1)
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with limit:
+            order.append(name)
+            await gate.wait()
+
+    holder = asyncio.create_task(hold("holder"))
+    while limit.in_use < 1:
+        await asyncio.sleep(0)
+    waiters = {name: asyncio.create_task(hold(name)) for name in ("a", "b", "c")}
+    for _ in range(3):
+        await asyncio.sleep(0)  # all three queue up
+    waiters["a"].cancel()
+    gate.set()
+    await asyncio.gather(holder, waiters["b"], waiters["c"])
+    assert waiters["a"].cancelled()
+    assert order == ["holder", "b", "c"]
+    assert limit.in_use == 0
+
+
+async def test_a_waiter_cancelled_as_it_gets_a_slot_passes_it_on() -> None:
+    limit = AdaptiveLimit(minimum=1, maximum=1)
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with limit:
+            entered.append(name)
+            await gate.wait()
+
+    async def hold_then_cancel_the_next() -> None:
+        async with limit:
+            entered.append("holder")
+            await gate.wait()
+        # The exit handed the slot to `first`, which has not run yet: cancel it now.
+        first.cancel()
+
+    holder = asyncio.create_task(hold_then_cancel_the_next())
+    while limit.in_use < 1:
+        await asyncio.sleep(0)
+    first, second = asyncio.create_task(hold("first")), asyncio.create_task(hold("second"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(holder, first, second, return_exceptions=True)
+    assert first.cancelled()
+    assert entered == ["holder", "second"]
     assert limit.in_use == 0
 
 

@@ -23,6 +23,7 @@ from worker import __version__
 from worker.cloudflare.models import Detections
 from worker.events import (
     DLQ_SCHEMA_VERSION,
+    EVENT_ID_NAMESPACE,
     SCHEMA_VERSION,
     Source,
     build_dlq_record,
@@ -325,6 +326,14 @@ def test_event_id_is_deterministic_and_distinct() -> None:
     }
     assert first not in others
     assert len(others) == 3
+
+
+@pytest.mark.parametrize(
+    "investigate_id", [INVESTIGATE_ID, "", "é€-ü", "a/b?c#d", "x" * 300, "\x00\n"]
+)
+def test_event_id_is_uuid5_of_the_versioned_account_and_id(investigate_id: str) -> None:
+    expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"v1/{ACCOUNT}/{investigate_id}")
+    assert event_id(ACCOUNT, investigate_id) == str(expected)
 
 
 def test_event_id_does_not_depend_on_content_or_source() -> None:

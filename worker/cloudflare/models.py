@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 DISPOSITIONS = frozenset(
     {
@@ -114,10 +114,10 @@ class Detections(_Model):
 
     action: str | None = None
     final_disposition: str | None = None
-    attachments: Annotated[list[Attachment], _List] = []
+    attachments: Annotated[list[Attachment], _List] = Field(default_factory=list)
     findings: list[Finding] | None = None
-    headers: Annotated[list[Header], _List] = []
-    links: Annotated[list[Link], _List] = []
+    headers: Annotated[list[Header], _List] = Field(default_factory=list)
+    links: Annotated[list[Link], _List] = Field(default_factory=list)
     sender_info: SenderInfo | None = None
-    threat_categories: Annotated[list[ThreatCategory], _List] = []
+    threat_categories: Annotated[list[ThreatCategory], _List] = Field(default_factory=list)
     validation: Validation | None = None
