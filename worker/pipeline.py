@@ -41,6 +41,7 @@ _POLL_TIMEOUT_MS = 200
 _CAUGHT_UP_CHECK_S = 0.2
 _PRODUCE_RETRY_S = 1.0
 _CLOSE_TIMEOUT_S = 5.0
+_DELIVERY_WAIT_S = 2.0
 _RATE_WINDOW_S = 60.0
 """The drain estimate divides the lag by the completion rate over this recent window."""
 
@@ -98,6 +99,9 @@ class Pipeline:
         self._health = health or Health()
         self._trackers: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._delivering: set[asyncio.Task[None]] = set()
+        """Tasks whose output is being sent: they are let finish, never cancelled (see
+        ``_cancel``), so that a sent output always gets its offset marked done."""
         self._pending = 0
         self._stopping = False
         self._assigned_once = False
@@ -285,12 +289,15 @@ class Pipeline:
             record.value,
             record.timestamp,
         )
+        task = asyncio.current_task()
+        assert task is not None
         try:
             output = await self._process(message)
-            # Once an output is being sent it is finished even if this task is cancelled
-            # (rebalance, shutdown): in exactly-once mode it is part of the open transaction
-            # already, so its offset must be marked done before that transaction commits.
-            await asyncio.shield(self._deliver(output, tracker, record))
+            # Once an output is being sent it is finished, rebalance or shutdown: in
+            # exactly-once mode it is part of the open transaction already, so its offset
+            # must be marked done before that transaction commits. ``_cancel`` skips it.
+            self._delivering.add(task)
+            await self._deliver(output, tracker, record)
         except asyncio.CancelledError:
             raise  # not done, so not committed: it is processed again after a restart
         except TransactionFailed:
@@ -307,6 +314,7 @@ class Pipeline:
                     "cannot write the DLQ record; offset held", extra=_where(message.source)
                 )
         finally:
+            self._delivering.discard(task)
             self._pending -= 1
             self._metrics.pending.set(self._pending)
 
@@ -507,17 +515,33 @@ class Pipeline:
                     "grace period over; abandoning in-flight messages", extra={"count": len(left)}
                 )
 
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the tasks still enriching; let those sending their output finish.
+
+        A send ends with the broker's answer (or, while stopping, its error) within the
+        producer's timeouts; past _DELIVERY_WAIT_S, broker trouble that holds it is given up
+        on too (its offset stays uncommitted, and the message is repeated).
+        """
+        left = [task for task in tasks if not task.done()]
+        if not left:
+            return
+        for task in left:
+            if task not in self._delivering:
+                task.cancel()
+        _, stuck = await asyncio.wait(left, timeout=_DELIVERY_WAIT_S)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            log.warning("output sends did not finish; abandoned", extra={"count": len(stuck)})
+            await asyncio.gather(*stuck, return_exceptions=True)
+
     async def _drain_and_commit(self) -> None:
         """On shutdown: finish what is in flight (up to the grace period), then commit."""
         self._stopping = True
         # While no call can succeed, in-flight work cannot finish: do not wait for it.
         grace = 0.0 if self._hold is not None else self._limits.shutdown_grace_s
         await self._wait_for(set(self._tasks), grace)
-        leftover = [t for tasks in self._tasks.values() for t in tasks if not t.done()]
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            await asyncio.gather(*leftover, return_exceptions=True)
+        await self._cancel([t for tasks in self._tasks.values() for t in tasks])
         await self._commit()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -528,11 +552,7 @@ class Pipeline:
         owner, and what finished beyond the commit point travels in the metadata.
         """
         await self._wait_for(revoked, self._limits.rebalance_grace_s)
-        left = [t for tp in revoked for t in self._tasks.get(tp, ()) if not t.done()]
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
+        await self._cancel([t for tp in revoked for t in self._tasks.get(tp, ())])
         await self._commit(revoked)
         for tp in revoked:
             self._trackers.pop(tp, None)
