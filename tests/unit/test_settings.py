@@ -273,3 +273,15 @@ def test_producer_batch_size_comes_from_the_setting_and_stays_under_the_broker_d
     monkeypatch.setenv("ENRICH_KAFKA__MAX_BATCH_BYTES", "2000000")
     with pytest.raises(ConfigError, match="MAX_BATCH_BYTES"):
         load_settings()
+
+
+def test_the_consumer_fetch_does_not_hold_a_resumed_partition_half_a_second() -> None:
+    from worker.kafka import build_consumer
+
+    async def fetch_wait_ms() -> int:  # aiokafka clients are built inside a running loop
+        consumer = build_consumer(Settings().kafka)
+        wait: int = consumer._fetch_max_wait_ms
+        await consumer.stop()
+        return wait
+
+    assert asyncio.run(fetch_wait_ms()) <= 100
