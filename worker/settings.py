@@ -84,7 +84,7 @@ class CloudflareSettings(_Section):
     # The default budget lets through about 2,200 calls per default TTL: 10,000 answers
     # leave room for a larger budget; the byte bound keeps memory flat whatever their size.
     cache_max_entries: int = Field(default=10_000, ge=0)
-    cache_max_bytes: int = Field(default=24 * 1024 * 1024, ge=0)
+    cache_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
     @model_validator(mode="before")
     @classmethod
