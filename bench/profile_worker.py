@@ -7,6 +7,7 @@ bench/results/profile.txt, the share of samples per function: "self" (the functi
 code) and "total" (the function and everything it calls). bench/README.md quotes it.
 
 py-spy is not a dependency of the project: ``.venv/bin/pip install py-spy`` first.
+``PROFILE_RAW=FILE`` keeps py-spy's raw (collapsed) stacks in FILE for a closer look.
 
     .venv/bin/python bench/profile_worker.py [--bootstrap 127.0.0.1:19092] [--ids 10000]
 """
