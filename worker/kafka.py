@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -43,8 +44,12 @@ def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
     )
 
 
-def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> AIOKafkaProducer:
+def build_producer(
+    settings: KafkaSettings, *, transactional: bool = False, max_batch_bytes: int | None = None
+) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all).
+
+    ``max_batch_bytes`` (see ``batch_size_for``) overrides ``settings.max_batch_bytes``.
 
     ``transactional`` gives it a transactional id: ``kafka.transactional_id`` or, when unset,
     ``<group_id>-<hostname>``, stable across restarts of one host, so that a restarted worker
@@ -61,9 +66,47 @@ def build_producer(settings: KafkaSettings, *, transactional: bool = False) -> A
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
-        max_batch_size=settings.max_batch_bytes,
+        max_batch_size=max_batch_bytes or settings.max_batch_bytes,
         transactional_id=transactional_id,
     )
+
+
+_BATCH_MARGIN = 1024
+"""Bytes kept free under a topic's max.message.bytes for the batch's own header."""
+
+
+async def batch_size_for(settings: KafkaSettings) -> int:
+    """The producer batch size: ``max_batch_bytes``, but under the output and DLQ topics'
+    ``max.message.bytes``.
+
+    A batch larger than a topic accepts is refused whole: its events went to the DLQ as
+    event_too_large although each was small, and the idempotent producer then stalled
+    (found by a tester on a topic with max.message.bytes 20000).
+    """
+    limits = await max_message_bytes(
+        settings.bootstrap_servers, [settings.output_topic, settings.dlq_topic]
+    )
+    if not limits:
+        return settings.max_batch_bytes
+    return max(_BATCH_MARGIN, min(settings.max_batch_bytes, min(limits) - _BATCH_MARGIN))
+
+
+async def max_message_bytes(bootstrap_servers: str, topics: list[str]) -> list[int]:
+    """The ``max.message.bytes`` of each topic that reports one."""
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+        for topic in topics
+    ]
+    async with _admin(bootstrap_servers) as admin:
+        responses = await admin.describe_configs(resources)
+    return [
+        int(entry[1])
+        for response in responses
+        for resource in response.resources
+        if resource[0] == 0  # no error
+        for entry in resource[4]
+        if entry[0] == "max.message.bytes" and str(entry[1]).isdigit()
+    ]
 
 
 @asynccontextmanager

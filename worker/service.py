@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from worker.enricher import open_enricher
 from worker.errors import ConfigError
 from worker.httpserver import bound_port, serve
-from worker.kafka import build_consumer, build_producer
+from worker.kafka import batch_size_for, build_consumer, build_producer
 from worker.observability import Health, Metrics, metrics_handler
 from worker.pipeline import Pipeline, RunStats
 from worker.preflight import require_topics
@@ -69,7 +69,11 @@ async def run_worker(
             settings=settings,
             enricher=enricher,
             consumer=build_consumer(settings.kafka),
-            producer=build_producer(settings.kafka, transactional=settings.pipeline.exactly_once),
+            producer=build_producer(
+                settings.kafka,
+                transactional=settings.pipeline.exactly_once,
+                max_batch_bytes=await batch_size_for(settings.kafka),
+            ),
             metrics=metrics,
             health=health,
         )

@@ -53,7 +53,7 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(default=5, ge=0, le=1_000)
     # Events are ~2-3 kB: aiokafka's default batch (16 kB) holds a handful, and every send
     # that finds it full waits for a drain; a larger batch cut the worker's CPU per event
-    # by ~15 % (bench/README.md). Must stay under the topics' max.message.bytes (1 MB).
+    # by ~15 % (bench/README.md). Lowered at start to fit the topics' max.message.bytes.
     max_batch_bytes: int = Field(default=262_144, ge=16_384, le=1_000_000)
     transactional_id: str | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 
 import orjson
 import pytest
@@ -198,3 +199,38 @@ async def test_repeated_ids_spend_the_budget_once(
         for kind in ("cache", "shared")
     )
     assert saved == len(repeated) - len(unique)
+
+
+async def test_topics_with_a_small_max_message_bytes_get_smaller_batches(
+    bootstrap: str, start_simulator: SimulatorFactory
+) -> None:
+    # Found by a tester: with batches larger than the topic accepts, small events went to
+    # the DLQ as event_too_large and the producer stalled.
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from worker.kafka import batch_size_for
+
+    tag = uuid.uuid4().hex[:10]
+    topics = Topics(f"t-{tag}-ids", f"t-{tag}-events", f"t-{tag}-dlq", f"g-{tag}")
+    small = {"max.message.bytes": "20000"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([
+            NewTopic(topics.input, 3, 1),
+            NewTopic(topics.output, 3, 1, topic_configs=small),
+            NewTopic(topics.dlq, 1, 1, topic_configs=small),
+        ])  # fmt: skip
+    finally:
+        await admin.close()
+    api = await start_simulator(seed=SEED)
+    ids = [catalog_id(SEED, i) for i in range(300)]
+    await produce(bootstrap, topics.input, [i.encode() for i in ids])
+    settings = make_settings(bootstrap, topics, api.base_url)
+    assert await batch_size_for(settings.kafka) <= 20000 - 1024
+
+    stats = await run_worker(settings, burst=True)
+
+    assert (stats.produced, stats.dlq) == (300, 0)
+    events = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output, 300)]
+    assert sorted(e["investigate_id"] for e in events) == sorted(ids)
