@@ -166,6 +166,8 @@ async def test_a_silent_server_times_out_and_a_closed_port_refuses() -> None:
     async with httpx.AsyncClient(transport=AsyncioTransport(limits=LIMITS)) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{port}/gone")  # the server above is closed
+        with pytest.raises(httpx.ConnectError):  # found by a tester: was an OverflowError
+            await http.get("http://127.0.0.1:99999/out-of-range-port")
 
 
 async def test_tls_verifies_the_server_certificate() -> None:

@@ -237,7 +237,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                 )
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535
             raise httpcore.ConnectError(str(exc)) from exc
         self.connections_opened += 1
         sock = transport.get_extra_info("socket")
