@@ -14,7 +14,7 @@ from worker.cloudflare.client import Deadlines
 
 
 async def test_a_block_past_its_deadline_raises_timeout_error() -> None:
-    deadlines = Deadlines(0.2, period_s=0.05)
+    deadlines = Deadlines(0.2)
     never = asyncio.Event()
     started = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError):
@@ -26,7 +26,7 @@ async def test_a_block_past_its_deadline_raises_timeout_error() -> None:
 
 
 async def test_only_the_slow_calls_time_out() -> None:
-    deadlines = Deadlines(0.3, period_s=0.05)
+    deadlines = Deadlines(0.3)
     release_fast = asyncio.Event()
 
     async def call(done: asyncio.Event) -> str:
@@ -43,11 +43,11 @@ async def test_only_the_slow_calls_time_out() -> None:
 
 
 async def test_the_check_stops_when_no_call_is_in_flight() -> None:
-    deadlines = Deadlines(0.2, period_s=0.02)
+    deadlines = Deadlines(0.2)
     async with deadlines.apply():
         await asyncio.sleep(0)
     deadline = asyncio.get_running_loop().time() + 5
-    while deadlines._check is not None:
+    while deadlines.watch._check is not None:
         assert asyncio.get_running_loop().time() < deadline, "the periodic check never stopped"
         await asyncio.sleep(0.01)
 
@@ -69,7 +69,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 
 
 async def test_expired_and_cancelled_from_elsewhere_is_a_cancellation() -> None:
-    deadlines = Deadlines(0.05, period_s=0.01)
+    deadlines = Deadlines(0.05)
     entered = asyncio.Event()
 
     async def call() -> None:

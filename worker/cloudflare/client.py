@@ -21,7 +21,7 @@ from worker.budget import Budget
 from worker.cloudflare.answers import Answer, parse_answer, parse_ratelimit
 from worker.cloudflare.models import Detections
 from worker.cloudflare.request_builder import RequestBuilder
-from worker.cloudflare.transport import AsyncioTransport
+from worker.cloudflare.transport import AsyncioTransport, DeadlineWatch
 from worker.concurrency import AdaptiveLimit
 from worker.errors import (
     AccountForbiddenError,
@@ -263,7 +263,6 @@ class HttpPool:
         self._transports = [transport for transport, _ in transports]
         self._free = [size for _, size in transports]
         self._extensions = {"timeout": timeout.as_dict()}
-        self._total_timeout_s = total_timeout_s
         self._deadlines = Deadlines(total_timeout_s)
 
     async def send(self, request: httpx.Request) -> httpx.Response:
@@ -284,7 +283,7 @@ class HttpPool:
                     await response.aclose()
         except TimeoutError:
             raise httpx.ReadTimeout(
-                f"no whole answer within {self._total_timeout_s} s", request=request
+                f"no whole answer within {self._deadlines.timeout_s} s", request=request
             ) from None
         finally:
             self._free[index] += 1
@@ -306,48 +305,23 @@ class HttpPool:
 class Deadlines:
     """A whole-call timeout for many concurrent calls, kept by one periodic check.
 
-    ``asyncio.timeout`` arms a timer per call and cancels it after; at ~1,000 calls/s with a
-    30 s timeout the loop's timer heap holds some 30,000 cancelled timers, and keeping it
-    cost ~3 % of the worker's CPU per event (bench/README.md). Here a call only notes its
-    deadline; a check that runs every ``period_s`` while calls are in flight cancels the
-    calls past theirs, and the block raises TimeoutError as ``asyncio.timeout`` does. A call
-    is stopped between its deadline and one period later.
+    ``async with deadlines.apply():`` raises TimeoutError in the calling task past
+    ``timeout_s``, as ``asyncio.timeout`` does, but without a timer per call: the task's
+    deadline goes to a DeadlineWatch, which cancels it when late. A call is stopped between
+    its deadline and a second (a quarter of the timeout, if shorter) later.
     """
 
-    def __init__(self, timeout_s: float, *, period_s: float | None = None) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self.period_s = min(1.0, timeout_s / 4) if period_s is None else period_s
-        self._deadlines: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._check: asyncio.TimerHandle | None = None
+        self.watch: DeadlineWatch[asyncio.Task[Any]] = DeadlineWatch(_cancel)
 
     def apply(self) -> _Deadline:
         """``async with deadlines.apply():`` raises TimeoutError past ``timeout_s``."""
         return _Deadline(self)
 
-    def _enter(self, task: asyncio.Task[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadlines[task] = loop.time() + self.timeout_s
-        if self._check is None:
-            self._check = loop.call_later(self.period_s, self._expire, loop)
 
-    def _exit(self, task: asyncio.Task[Any]) -> bool:
-        """Forget the task; True if the check cancelled it."""
-        del self._deadlines[task]
-        if task in self._expired:
-            self._expired.discard(task)
-            return True
-        return False
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for task, deadline in self._deadlines.items():
-            if deadline <= now and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
-        self._check = (
-            loop.call_later(self.period_s, self._expire, loop) if self._deadlines else None
-        )
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
 
 
 class _Deadline:
@@ -364,12 +338,12 @@ class _Deadline:
 
     async def __aenter__(self) -> None:
         self._cancelling = self._task.cancelling()
-        self._deadlines._enter(self._task)
+        self._deadlines.watch.watch(self._task, self._deadlines.timeout_s)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if not self._deadlines._exit(self._task):
+        if not self._deadlines.watch.forget(self._task):
             return
         # The check cancelled this task: a timeout, unless somebody else cancelled it too.
         if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:

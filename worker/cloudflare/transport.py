@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
 
 import httpcore
 import httpx
@@ -25,51 +25,68 @@ SocketOption = (
 )
 
 
+K = TypeVar("K", bound=Hashable)
+
 _HIGH_WATER = 256 * 1024
 """Bytes buffered before the socket stops being read (the kernel then slows the sender)."""
 
 
-class _Timeouts:
-    """The read and write timeouts of a backend's sockets, kept by one periodic check.
+class DeadlineWatch(Generic[K]):
+    """Deadlines of many waits, kept by one periodic check instead of a timer each.
 
     A timer per wait (``asyncio.timeout``) leaves a cancelled timer in the loop's heap for
-    every read that was answered in time, some 30,000 at ~1,000 calls/s and a 30 s timeout,
-    and keeping that heap cost several % of the worker's CPU (bench/README.md). Here a wait
-    notes its deadline; a check that runs while waits are pending fails the late ones with
-    TimeoutError, at most a quarter of the shortest timeout (and 1 s) after their deadline.
+    every wait that ended in time, some 30,000 at ~1,000 calls/s and a 30 s timeout, and
+    keeping that heap cost several % of the worker's CPU (bench/README.md). Here a wait
+    notes its deadline; a check that runs while waits are pending calls ``expire`` on the
+    late ones, at most a quarter of the shortest timeout (and 1 s) after their deadline.
+    Used for the sockets' read and write timeouts here and the whole-call timeout
+    (``worker.cloudflare.client.Deadlines``).
     """
 
-    def __init__(self) -> None:
-        self._deadlines: dict[asyncio.Future[None], float] = {}
+    def __init__(self, expire: Callable[[K], None]) -> None:
+        self._expire_one = expire
+        self._deadlines: dict[K, float] = {}
+        self._expired: set[K] = set()
         self._period_s = 1.0
         self._check: asyncio.TimerHandle | None = None
 
-    def watch(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
+    def watch(self, key: K, timeout_s: float) -> None:
+        """Expire ``key`` once ``timeout_s`` has passed, unless it is forgotten first."""
         loop = asyncio.get_running_loop()
-        self._deadlines[waiter] = loop.time() + timeout_s
+        self._deadlines[key] = loop.time() + timeout_s
         self._period_s = min(self._period_s, max(timeout_s / 4, 0.001))
         if self._check is None:
             self._check = loop.call_later(self._period_s, self._expire, loop)
 
-    def forget(self, waiter: asyncio.Future[None]) -> None:
-        self._deadlines.pop(waiter, None)
+    def forget(self, key: K) -> bool:
+        """Stop watching ``key``; True if it had expired."""
+        self._deadlines.pop(key, None)
+        if key in self._expired:
+            self._expired.discard(key)
+            return True
+        return False
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        late = [waiter for waiter, deadline in self._deadlines.items() if deadline <= now]
-        for waiter in late:
-            del self._deadlines[waiter]
-            if not waiter.done():
-                waiter.set_exception(TimeoutError())
+        late = [key for key, deadline in self._deadlines.items() if deadline <= now]
+        for key in late:
+            del self._deadlines[key]
+            self._expired.add(key)
+            self._expire_one(key)
         self._check = (
             loop.call_later(self._period_s, self._expire, loop) if self._deadlines else None
         )
 
 
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _SocketProtocol(asyncio.Protocol):
     """Buffers what arrives on one connection until the stream reads it (at most ~256 kB)."""
 
-    def __init__(self, timeouts: _Timeouts) -> None:
+    def __init__(self, timeouts: DeadlineWatch[asyncio.Future[None]]) -> None:
         self._timeouts = timeouts
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -218,7 +235,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     def __init__(self) -> None:
         self.connections_opened = 0
         """How many connections this backend opened (tests check keep-alive with it)."""
-        self._timeouts = _Timeouts()
+        self._timeouts: DeadlineWatch[asyncio.Future[None]] = DeadlineWatch(_time_out)
 
     async def connect_tcp(
         self,
