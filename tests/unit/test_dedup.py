@@ -17,7 +17,7 @@ from worker.enricher import Enricher
 from worker.errors import NotFoundError
 from worker.inputs import EnrichRequest
 from worker.observability import Metrics
-from worker.retry import RetryPolicy
+from worker.retry import Outcome, RetryPolicy
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 OK = orjson.dumps({"success": True, "errors": [], "messages": [], "result": {"action": "X"}})
@@ -172,17 +172,25 @@ async def test_a_repeat_from_the_cache_is_the_answer_parsed_again() -> None:
     assert again.attempts.count == first.attempts.count == 1
 
 
+async def owner_and_joiner(
+    enricher: Enricher, registry: CollectorRegistry
+) -> tuple[asyncio.Task[Outcome], asyncio.Task[Outcome]]:
+    """Two enrich calls of one id: the first makes the call, the second joins it."""
+    owner = asyncio.create_task(enricher.enrich(request("a1")))
+    joiner = asyncio.create_task(enricher.enrich(request("a1")))
+    deadline = asyncio.get_running_loop().time() + 5
+    while registry.get_sample_value("enrich_cache_hits_total", {"kind": "shared"}) != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the joiner never joined"
+        await asyncio.sleep(0)
+    return owner, joiner
+
+
 async def test_a_cancelled_caller_leaves_the_call_to_those_sharing_it() -> None:
     api, registry = Api(), CollectorRegistry()
     api.release.clear()
     async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
         enricher = make_enricher(http, registry, TtlCache(ttl_s=0, max_entries=0))
-        owner = asyncio.create_task(enricher.enrich(request("a1")))
-        joiner = asyncio.create_task(enricher.enrich(request("a1")))
-        deadline = asyncio.get_running_loop().time() + 5
-        while registry.get_sample_value("enrich_cache_hits_total", {"kind": "shared"}) != 1:
-            assert asyncio.get_running_loop().time() < deadline, "the joiner never joined"
-            await asyncio.sleep(0)
+        owner, joiner = await owner_and_joiner(enricher, registry)
         owner.cancel()  # e.g. its partition was revoked
         api.release.set()
         outcome = await joiner
@@ -196,12 +204,7 @@ async def test_a_cancelled_joiner_does_not_cancel_the_call_it_shares() -> None:
     api.release.clear()
     async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
         enricher = make_enricher(http, registry, TtlCache(ttl_s=0, max_entries=0))
-        owner = asyncio.create_task(enricher.enrich(request("a1")))
-        joiner = asyncio.create_task(enricher.enrich(request("a1")))
-        deadline = asyncio.get_running_loop().time() + 5
-        while registry.get_sample_value("enrich_cache_hits_total", {"kind": "shared"}) != 1:
-            assert asyncio.get_running_loop().time() < deadline, "the joiner never joined"
-            await asyncio.sleep(0)
+        owner, joiner = await owner_and_joiner(enricher, registry)
         joiner.cancel()
         api.release.set()
         outcome = await owner
