@@ -13,9 +13,19 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Reservation(NamedTuple):
+    """One call let through: when, after how long a wait, and how many calls had left the
+    window by then (to read a later ``Ratelimit`` header against the window of that time)."""
+
+    sent_at: float
+    waited: float
+    expired_before: int
 
 
 class Budget:
@@ -36,6 +46,7 @@ class Budget:
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
+        self._expired = 0  # calls that have left the window since the start
         self._blocked_until = 0.0
 
     @property
@@ -50,13 +61,12 @@ class Budget:
 
     async def acquire(self) -> float:
         """Wait until a call may be sent, count it, and return the seconds waited."""
-        _, waited = await self.reserve()
-        return waited
+        return (await self.reserve()).waited
 
-    async def reserve(self) -> tuple[float, float]:
-        """Wait until a call may be sent, count it; return its send time and the wait.
+    async def reserve(self) -> Reservation:
+        """Wait until a call may be sent and count it.
 
-        Pass the send time to ``settle`` once the answer arrived.
+        Pass the reservation to ``settle`` once the answer arrived.
         """
         started = self._clock()
         while True:
@@ -67,33 +77,41 @@ class Budget:
             self._expire(now)
             if len(self._sent) < self.calls:
                 self._sent.append(now)
-                return now, now - started
+                return Reservation(now, now - started, self._expired)
             await self._sleep(self._sent[0] + self.window_s - now)
 
-    def settle(self, sent_at: float) -> None:
+    def settle(self, call: Reservation) -> None:
         """Count a finished call from when its answer arrived, not from when it was sent.
 
         The server counted the call somewhere in between; dating it at the answer makes
         our window release it no earlier than the server's, whatever the latency.
         """
-        index = bisect.bisect_left(self._sent, sent_at)
-        if index < len(self._sent) and self._sent[index] == sent_at:
+        index = bisect.bisect_left(self._sent, call.sent_at)
+        if index < len(self._sent) and self._sent[index] == call.sent_at:
             del self._sent[index]
             now = self._clock()
             self._sent.insert(bisect.bisect_right(self._sent, now), now)
 
-    def observe_server_remaining(self, remaining: int, reset_s: float, *, reserve: int = 0) -> None:
+    def observe_server_remaining(
+        self, remaining: int, reset_s: float, *, call: Reservation, reserve: int = 0
+    ) -> None:
         """Tighten the budget when Cloudflare reports fewer calls left than we expect.
 
         Other tools of the same user spend the same limit; the server's count (from the
-        ``Ratelimit`` header) knows about them, ours does not. ``reserve`` calls are left
-        for them. Placeholder send times make our window see the missing calls, expiring
-        when the server's window resets.
+        ``Ratelimit`` header of ``call``'s answer) knows about them, ours does not.
+        ``reserve`` calls are left for them. Placeholder send times make our window see
+        the missing calls, expiring when the server's window resets.
+
+        The server counted when it answered, after ``call`` was sent: our calls that left
+        our window since then were still in the count it reports, so they are ours, not
+        another tool's (forgetting them made every answer near the window's edge hold
+        back as many calls as had just expired, for up to a second: 1 % of the budget).
         """
         now = self._clock()
         self._expire(now)
         allowed = max(0, remaining - reserve)
-        missing = self.calls - len(self._sent) - allowed
+        ours_when_sent = len(self._sent) + self._expired - call.expired_before
+        missing = self.calls - ours_when_sent - allowed
         if missing <= 0:
             return
         stamp = now + min(max(reset_s, 0.0), self.window_s) - self.window_s
@@ -106,6 +124,8 @@ class Budget:
         self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.window_s
-        while self._sent and self._sent[0] <= horizon:
+        # The same sum as reserve's sleep, so that a call is expired exactly when that
+        # sleep ends (``now - window`` can round the other way and wait 1e-15 s forever).
+        while self._sent and self._sent[0] + self.window_s <= now:
             self._sent.popleft()
+            self._expired += 1

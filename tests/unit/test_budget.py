@@ -164,12 +164,13 @@ def test_parse_ratelimit(header: str | None, parsed: tuple[int, float] | None) -
 
 async def test_server_reporting_fewer_calls_left_tightens_the_budget(clock: Any) -> None:
     budget = Budget(calls=100, window_s=300, clock=clock, sleep=clock.sleep)
-    for _ in range(10):
+    for _ in range(9):
         await budget.acquire()
+    call = await budget.reserve()
     assert budget.remaining() == 90
     # Another tool spent most of the user's limit: the server says 25 left for 40 s,
     # and 5 of them are the reserve for others.
-    budget.observe_server_remaining(25, 40, reserve=5)
+    budget.observe_server_remaining(25, 40, call=call, reserve=5)
     assert budget.remaining() == 20
     for _ in range(20):
         assert await budget.acquire() == 0
@@ -179,18 +180,46 @@ async def test_server_reporting_fewer_calls_left_tightens_the_budget(clock: Any)
 
 async def test_server_reporting_more_calls_left_changes_nothing(clock: Any) -> None:
     budget = Budget(calls=100, window_s=300, clock=clock, sleep=clock.sleep)
-    await budget.acquire()
-    budget.observe_server_remaining(1000, 10)
+    call = await budget.reserve()
+    budget.observe_server_remaining(1000, 10, call=call)
     assert budget.remaining() == 99
+
+
+async def test_calls_that_expired_since_the_send_are_not_taken_for_another_tools(
+    clock: Any,
+) -> None:
+    """The server's figure is from when it answered; our calls that left our window since
+    then were in it. Read against today's window they looked like another tool's calls and
+    held back as many calls as had just expired, until the header's whole-second reset."""
+    budget = Budget(calls=10, window_s=10, clock=clock, sleep=clock.sleep)
+    for i in range(10):  # a full window, answered at once: 0.0, 0.1, ... 0.9
+        clock.now = i / 10
+        budget.settle(await budget.reserve())
+    clock.now = 10.05  # the call of 0.0 has left both windows
+    call = await budget.reserve()
+    assert call.waited == 0
+    # The server counts 0.1 ... 0.9 and this call: 0 left, the next frees in 1 s (rounded up).
+    clock.now = 10.55  # the answer is read half a second later: 0.1 ... 0.5 have expired
+    budget.settle(call)
+    budget.observe_server_remaining(0, 1, call=call)
+    assert budget.remaining() == 5
+    # Another tool's calls are still seen: it spends 3, the server counts 0.6 ... 0.9, the
+    # call of 10.05, the next one and those 3: 1 left.
+    second = await budget.reserve()
+    clock.now = 10.58
+    budget.settle(second)
+    budget.observe_server_remaining(1, 1, call=second)
+    assert budget.remaining() == 1
 
 
 async def test_a_settled_call_counts_from_its_answer(clock: Any) -> None:
     """Cloudflare counts a call when it arrives; dating ours at the answer is never early."""
     budget = Budget(calls=1, window_s=60, clock=clock, sleep=clock.sleep)
-    sent_at, waited = await budget.reserve()
-    assert (sent_at, waited) == (0, 0)
+    call = await budget.reserve()
+    assert (call.sent_at, call.waited) == (0, 0)
     clock.now = 5.0  # the answer took 5 s
-    budget.settle(sent_at)
-    _, waited = await budget.reserve()
-    assert waited == 60  # free at 65 (answer + window), not at 60 (send + window)
+    budget.settle(call)
+    assert (
+        await budget.reserve()
+    ).waited == 60  # free at 65 (answer + window), not at 60 (send + window)
     assert clock.now == 65

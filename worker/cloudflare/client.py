@@ -139,9 +139,9 @@ class DetectionsClient:
     async def _call(self, account_id: str, investigate_id: str) -> Answer:
         request = self._requests.get(detections_path(account_id, investigate_id))
         async with self._slots:
-            sent_at, waited = await self._budget.reserve()
-            if waited:
-                self._metrics.budget_wait.inc(waited)
+            call = await self._budget.reserve()
+            if call.waited:
+                self._metrics.budget_wait.inc(call.waited)
             self._metrics.api_in_flight.inc()
             started = time.perf_counter()
             try:
@@ -155,12 +155,12 @@ class DetectionsClient:
                 self._metrics.api_requests.labels(status="transport_error").inc()
                 raise TransientApiError(f"transport error: {type(exc).__name__}") from None
             finally:
-                self._budget.settle(sent_at)
+                self._budget.settle(call)
                 self._metrics.api_in_flight.dec()
             self._metrics.api_latency.observe(time.perf_counter() - started)
             server = parse_ratelimit(response.headers.get("ratelimit"))
             if server is not None:
-                self._budget.observe_server_remaining(*server, reserve=self._reserve)
+                self._budget.observe_server_remaining(*server, call=call, reserve=self._reserve)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
             if response.status_code >= 500 or response.status_code in (408, 429):
                 self._slots.struggled()
