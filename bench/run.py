@@ -14,7 +14,8 @@ the same run, because the machine is shared and noisy:
 3. ``baseline``: the worker's throughput over the naive SDK worker's, at 100 ms latency
    (worker with ``cloudflare.max_in_flight`` 32; the default 16 is reported beside it).
 4. ``budget``: simulator limit and worker budget both 20 calls/s (20 per 1 s window);
-   2,420 ids, ideally 120 s: share of the budget used, and 429s.
+   2,420 ids, ideally 120 s: share of the budget used, and 429s; the same rate as 1,200
+   calls per 60 s is reported beside it.
 5. ``memory``: peak RSS while draining a 1,000,000-id backlog at zero latency, and RSS at
    10 %, 50 %, 90 % of the run (the run is cut at ``--memory-seconds``, see bench/README.md).
 6. ``dedup``: API calls per event on input where 30 % of the ids repeat an earlier one.
@@ -296,16 +297,11 @@ def measure_baseline(ctx: Context) -> dict[str, Any]:
     )
 
 
-def measure_budget(ctx: Context) -> dict[str, Any]:
-    # 20 calls/s as 1,200 calls per 60 s window, two windows after the first: each window
-    # loses the time a burst of calls takes to be answered and processed (the budget dates
-    # a call at its answer, so that it never frees a call before Cloudflare does), about
-    # 0.1 s: 1 % of a 10 s window, a sixth of that of a 60 s one, nothing of Cloudflare's
-    # 300 s one (bench/README.md).
-    limit, window = 1200, 60.0
-    windows = 1 if ctx.scale < 1 else 2
+def budget_run(ctx: Context, step: str, limit: int, window: float, windows: int) -> dict[str, Any]:
+    """The worker alone against the simulator's limit, its budget set to the same limit:
+    ``limit * (windows + 1)`` ids, ideally ``windows`` windows from first event to last."""
     count = limit * (windows + 1)
-    ideal_s = (count - limit) / limit * window
+    ideal_s = windows * window
     flags = ("--rate-limit", str(limit), "--rate-window-s", str(window), "--lockout-s", "5")
     with h.Simulator(*flags) as sim:
         settings = {
@@ -313,24 +309,41 @@ def measure_budget(ctx: Context) -> dict[str, Any]:
             "CLOUDFLARE__BUDGET_WINDOW_S": str(window),
             "CLOUDFLARE__BUDGET_SAFETY": "1.0",
         }
-        _, span, _ = worker_run(ctx, "budget", h.distinct_ids(count), sim, settings=settings)
+        _, span, _ = worker_run(ctx, step, h.distinct_ids(count), sim, settings=settings)
         stats = sim.stats()
-    share = ideal_s / span.seconds
-    rejected = int(stats["rate_limited_total"])
+    return {
+        "share": round(ideal_s / span.seconds, 4),
+        "rate_limited_429s": int(stats["rate_limited_total"]),
+        "lockouts": stats["lockouts_triggered"],
+        "api_calls": stats["requests_total"],
+        "events": span.records,
+        "ids": count,
+        "first_to_last_event_s": round(span.seconds, 2),
+        "ideal_s": ideal_s,
+    }
+
+
+def measure_budget(ctx: Context) -> dict[str, Any]:
+    # As the issue puts it: 20 calls per 1 s window for 120 s, 2,420 ids (the first
+    # window's 20 calls go at once, then 120 windows). Each window loses the time its calls
+    # take to be answered, because the budget dates a call at its answer so that it never
+    # frees a call before Cloudflare does. Beside it, the same rate as 1,200 calls per 60 s:
+    # few windows, but the last one's 1,200 calls take the worker ~0.8 s to make, which the
+    # run loses against the ideal (bench/README.md).
+    windows = max(5, round(120 * ctx.scale))
+    main = budget_run(ctx, "budget", 20, 1.0, windows)
+    long = budget_run(ctx, "budget-60s", 1200, 60.0, 1 if ctx.scale < 1 else 2)
+    share, rejected = main.pop("share"), main["rate_limited_429s"]
     return result(
         "budget",
-        f"Share of the budget used ({limit / window:.0f} calls/s as {limit} per "
-        f"{window:.0f} s, {count:,} ids, ideally {ideal_s:.0f} s)",
-        round(share, 4),
+        f"Share of the budget used (20 calls/s as 20 per 1 s, {main['ids']:,} ids, "
+        f"ideally {main['ideal_s']:.0f} s)",
+        share,
         "share",
         ">= 0.99 and 0 429s",
-        share >= 0.99 and rejected == 0,
-        rate_limited_429s=rejected,
-        lockouts=stats["lockouts_triggered"],
-        api_calls=stats["requests_total"],
-        events=span.records,
-        first_to_last_event_s=round(span.seconds, 2),
-        ideal_s=ideal_s,
+        share >= 0.99 and rejected == 0 and long["rate_limited_429s"] == 0,
+        **main,
+        as_1200_per_60s=long,
     )
 
 
@@ -446,7 +459,12 @@ def _figure(row: dict[str, Any]) -> str:
     else:
         text = f"{value:,} {unit}"
     if row["measure"] == "budget":
-        text += f", {row['details']['rate_limited_429s']} 429s"
+        d = row["details"]
+        long = d["as_1200_per_60s"]
+        text += (
+            f", {d['rate_limited_429s']} 429s (as 1,200 per 60 s: {long['share'] * 100:.1f} %, "
+            f"{long['rate_limited_429s']} 429s)"
+        )
     if row["measure"] == "memory":
         d = row["details"]
         text += (
