@@ -41,7 +41,7 @@ obs-check: tools ## promtool: check the alert rules, run their unit tests; dashb
 demo: $(STAMP) broker ## simulator + broker + worker on 1,000 sample ids, then a summary
 	$(BIN)/enrich-worker --config $(CONFIG) demo
 
-bench: $(STAMP) broker ## the benchmarks of bench/run.py (~11 min); table in bench/results/latest.md
+bench: $(STAMP) broker ## the benchmarks of bench/run.py (12-14 min); table in bench/results/latest.md
 	$(BIN)/python bench/run.py $(if $(BENCH_BOOTSTRAP),--bootstrap $(BENCH_BOOTSTRAP))
 
 test: $(STAMP) broker tools ## the whole test suite (unit + integration on the real broker)
