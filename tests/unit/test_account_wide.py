@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import orjson
 import pytest
@@ -37,14 +39,26 @@ def client(http: httpx.AsyncClient, budget: Budget) -> DetectionsClient:
     )
 
 
-async def test_many_failures_in_a_row_hold_every_call_until_one_succeeds() -> None:
+def refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("refused")
+
+
+def not_the_api(request: httpx.Request) -> httpx.Response:
+    """What a wrong base_url path behind a web server answers for every id."""
+    return httpx.Response(404, content=b"<html><body>404 Not Found</body></html>")
+
+
+@pytest.mark.parametrize("failure", [refused, not_the_api])
+async def test_many_failures_in_a_row_hold_every_call_until_one_succeeds(
+    failure: Callable[[httpx.Request], httpx.Response],
+) -> None:
     clock = FakeClock()
     budget = Budget(calls=1000, window_s=60, clock=clock, sleep=clock.sleep)
     down = True
 
     def handler(request: httpx.Request) -> httpx.Response:
         if down:
-            raise httpx.ConnectError("refused")
+            return failure(request)
         return httpx.Response(200, content=OK)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:

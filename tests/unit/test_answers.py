@@ -136,8 +136,14 @@ def test_not_found(status: int, codes: tuple[int, ...]) -> None:
     assert not error.retriable
 
 
-def test_404_with_html_body_is_not_found() -> None:
-    raises(NotFoundError, 404, b"<html>Not Found</html>")
+@pytest.mark.parametrize("content", [b"<html>Not Found</html>", b"", b'{"error": "no"}'])
+def test_404_without_cloudflare_envelope_is_retried_not_a_verdict_on_the_id(
+    content: bytes,
+) -> None:
+    """A wrong base_url or a proxy answers 404 for every id: not a reason to DLQ them."""
+    error = raises(TransientApiError, 404, content)
+    assert error.retriable
+    assert "cloudflare.base_url" in error.detail
 
 
 @pytest.mark.parametrize(

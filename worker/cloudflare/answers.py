@@ -63,6 +63,16 @@ def parse_answer(
         )
     if status in (401, 403) or codes & AUTH_CODES:
         raise AuthError(detail, status=status, codes=code_list)
+    if status == 404 and not _is_envelope(doc):
+        # Cloudflare's API answers every error in its JSON envelope; a bare 404 (an HTML
+        # page, an empty body) comes from something else on the way: a wrong base_url or
+        # a proxy. It says nothing about the id, so it is retried (and, on every call,
+        # held as API unavailable) instead of sending each message to the DLQ.
+        raise TransientApiError(
+            "HTTP 404 without Cloudflare's error body: not the API answering "
+            "(check cloudflare.base_url)",
+            status=status,
+        )
     if status == 404 or codes & NOT_FOUND_CODES:
         raise NotFoundError(detail, status=status, codes=code_list)
     should_retry = (headers.get("x-should-retry") or "").lower()
@@ -138,6 +148,11 @@ def _json_or_none(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _is_envelope(doc: Any) -> bool:
+    """Whether a body is Cloudflare's JSON envelope (``success``, ``errors``, ...)."""
+    return isinstance(doc, dict) and ("success" in doc or "errors" in doc)
 
 
 def _errors(doc: Any) -> list[dict[str, Any]]:
