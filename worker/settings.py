@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -134,6 +135,13 @@ class CloudflareSettings(_Section):
     def _check(self) -> CloudflareSettings:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with https:// (or http:// for the simulator)")
+        if "@" in urlsplit(self.base_url).netloc:
+            # A user:password@ in the URL would be printed by every message that names
+            # base_url; Cloudflare takes credentials only in headers.
+            raise ValueError(
+                "base_url must not carry credentials (user:password@): set "
+                "cloudflare.api_token, or auth_email and auth_key"
+            )
         if not self.base_url.rstrip("/").endswith("/client/v4"):
             # Cloudflare answers an unknown path with 7003 "No route", which would send
             # every message to the DLQ as not_found.

@@ -158,6 +158,12 @@ def test_token_not_in_config_error(monkeypatch: pytest.MonkeyPatch, bad: dict[st
     assert_no_token(config_error(cloudflare=bad))
 
 
+def test_credentials_in_base_url_are_refused_without_being_shown() -> None:
+    text = config_error(cloudflare={"base_url": "https://soc:hunter2@proxy.example/client/v4"})
+    assert "must not carry credentials" in text
+    assert "hunter2" not in text
+
+
 def test_token_not_in_toml_syntax_error(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", f'[cloudflare]\napi_token = "{TOKEN}"\nbroken = \n')
     text = config_error(path)
