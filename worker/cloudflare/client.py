@@ -380,12 +380,16 @@ def build_http_client(
     """
     total = settings.max_in_flight
     count = 1 if transport is not None else -(-total // CONNECTIONS_PER_POOL)
+    # One TLS context for all: each loads the system's CA certificates (~18 ms), which made
+    # the start take seconds with a large max_in_flight.
+    tls = httpx.create_ssl_context(trust_env=False)
     sizes = [total // count + (1 if i < total % count else 0) for i in range(count)]
     transports: list[tuple[httpx.AsyncBaseTransport, int]] = [
         (
             transport
             or AsyncioTransport(
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                verify=tls,
             ),
             size,
         )
