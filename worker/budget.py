@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,14 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Reservation(NamedTuple):
-    """One call let through: when, after how long a wait, and how many calls had left the
-    window by then (to read a later ``Ratelimit`` header against the window of that time)."""
+    """One call let through: when, after how long a wait, its place in the order of sends,
+    and how many of our calls were in the window with it (the calls the server will have
+    counted when it reports on this one)."""
 
     sent_at: float
     waited: float
-    expired_before: int
+    order: int
+    ours_in_window: int
 
 
 class Budget:
@@ -46,7 +49,14 @@ class Budget:
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
-        self._expired = 0  # calls that have left the window since the start
+        # Calls of other tools of the same user, as the server's Ratelimit figure reveals
+        # them; dated when seen, so they are held a whole window at most.
+        self._others: deque[float] = deque()
+        self._order = 0  # reservations made so far
+        self._read_order = -1  # the latest-sent call whose Ratelimit figure was read
+        # A lockout may end with the server's count started afresh: calls sent before it
+        # are not taken for counted ones (that would hide other tools' calls behind them).
+        self._counted_since = -math.inf
         self._blocked_until = 0.0
 
     @property
@@ -57,7 +67,7 @@ class Budget:
     def remaining(self) -> int:
         """Calls that could be sent right now."""
         self._expire(self._clock())
-        return self.calls - len(self._sent)
+        return max(0, self.calls - len(self._sent) - len(self._others))
 
     async def acquire(self) -> float:
         """Wait until a call may be sent, count it, and return the seconds waited."""
@@ -75,10 +85,12 @@ class Budget:
                 await self._sleep(self._blocked_until - now)
                 continue
             self._expire(now)
-            if len(self._sent) < self.calls:
+            if len(self._sent) + len(self._others) < self.calls:
                 self._sent.append(now)
-                return Reservation(now, now - started, self._expired)
-            await self._sleep(self._sent[0] + self.window_s - now)
+                self._order += 1
+                return Reservation(now, now - started, self._order, self._counted())
+            oldest = min(q[0] for q in (self._sent, self._others) if q)
+            await self._sleep(oldest + self.window_s - now)
 
     def settle(self, call: Reservation) -> None:
         """Count a finished call from when its answer arrived, not from when it was sent.
@@ -93,39 +105,52 @@ class Budget:
             self._sent.insert(bisect.bisect_right(self._sent, now), now)
 
     def observe_server_remaining(
-        self, remaining: int, reset_s: float, *, call: Reservation, reserve: int = 0
+        self, remaining: int, *, call: Reservation, reserve: int = 0
     ) -> None:
-        """Tighten the budget when Cloudflare reports fewer calls left than we expect.
+        """Hold back the calls other tools spend, as Cloudflare reports them.
 
         Other tools of the same user spend the same limit; the server's count (from the
-        ``Ratelimit`` header of ``call``'s answer) knows about them, ours does not.
-        ``reserve`` calls are left for them. Placeholder send times make our window see
-        the missing calls, expiring when the server's window resets.
+        ``Ratelimit`` header of ``call``'s answer) knows about them, ours does not. The
+        server counted ``call`` and, but for a race, the calls we sent before it: what it
+        counts beyond those is another tool's. Our calls sent after ``call`` are not in its
+        count (taking them for ours let another tool's calls through unseen, as many as
+        were in flight), and our calls that left our window since the send still are.
 
-        The server counted when it answered, after ``call`` was sent: our calls that left
-        our window since then were still in the count it reports, so they are ours, not
-        another tool's (forgetting them made every answer near the window's edge hold
-        back as many calls as had just expired, for up to a second: 1 % of the budget).
+        Each figure replaces the one before, so calls another tool no longer spends are
+        freed at once; figures older than one already read are ignored. ``reserve`` calls
+        of the limit are left free for the other tools' next calls.
         """
+        if call.order <= self._read_order:
+            return
+        self._read_order = call.order
         now = self._clock()
         self._expire(now)
-        allowed = max(0, remaining - reserve)
-        ours_when_sent = len(self._sent) + self._expired - call.expired_before
-        missing = self.calls - ours_when_sent - allowed
-        if missing <= 0:
+        counted = self.calls + reserve - remaining
+        others = counted - call.ours_in_window
+        if others < 0:
+            # The server counts fewer of our calls than we sent: its count started afresh
+            # (a lockout we did not see) or it let some go sooner than our window does.
+            # Other tools' calls cannot be told apart in such a figure: keep what we hold.
             return
-        stamp = now + min(max(reset_s, 0.0), self.window_s) - self.window_s
-        index = bisect.bisect_right(self._sent, stamp)
-        for _ in range(missing):
-            self._sent.insert(index, stamp)
+        while len(self._others) > others:
+            self._others.popleft()
+        self._others.extend([now] * (others - len(self._others)))
 
     def block_for(self, seconds: float) -> None:
         """Hold every call for ``seconds`` (a 429 means the whole account is blocked)."""
-        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+        now = self._clock()
+        self._blocked_until = max(self._blocked_until, now + seconds)
+        self._counted_since = now
+
+    def _counted(self) -> int:
+        """Our calls in the window that the server counts (those sent since the last block)."""
+        if not self._sent or self._sent[0] > self._counted_since:
+            return len(self._sent)
+        return len(self._sent) - bisect.bisect_right(self._sent, self._counted_since)
 
     def _expire(self, now: float) -> None:
         # The same sum as reserve's sleep, so that a call is expired exactly when that
         # sleep ends (``now - window`` can round the other way and wait 1e-15 s forever).
-        while self._sent and self._sent[0] + self.window_s <= now:
-            self._sent.popleft()
-            self._expired += 1
+        for queue in (self._sent, self._others):
+            while queue and queue[0] + self.window_s <= now:
+                queue.popleft()

@@ -98,7 +98,7 @@ class Run:
                 continue
             server = parse_ratelimit(dict(verdict.headers).get("ratelimit"))
             assert server is not None
-            self.budget.observe_server_remaining(*server, call=call, reserve=self.reserve)
+            self.budget.observe_server_remaining(server[0], call=call, reserve=self.reserve)
 
     async def other_tool(self, bursts: list[tuple[float, int]]) -> None:
         """Another tool of the same user: ``count`` calls at once at each time."""
@@ -140,3 +140,16 @@ async def test_beside_a_tool_that_spends_more_than_the_reserve_it_is_never_tripp
     await vt.run(run.other_tool(bursts), *(run.caller(20, rng) for _ in range(8)))
     assert run.refused == 0
     assert len(run.answered) == 160
+
+
+async def test_beside_a_steady_tool_within_the_reserve_nobody_is_refused() -> None:
+    """Another tool calls all the time, within the reserve, while 16 of our calls are in
+    flight: the server's figures must show its calls to the budget, none hidden by ours."""
+    vt = VirtualTime()
+    run = Run(vt, limit=100, window_s=10, reserve=10)
+    rng = random.Random(7)
+    every = 10 / 8  # 8 calls per window
+    steady = [(i * every, 1) for i in range(int(60 / every))]
+    await vt.run(run.other_tool(steady), *(run.caller(30, rng) for _ in range(16)))
+    assert run.refused == 0
+    assert len(run.answered) == 480

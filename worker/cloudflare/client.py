@@ -160,7 +160,8 @@ class DetectionsClient:
             self._metrics.api_latency.observe(time.perf_counter() - started)
             server = parse_ratelimit(response.headers.get("ratelimit"))
             if server is not None:
-                self._budget.observe_server_remaining(*server, call=call, reserve=self._reserve)
+                remaining, _ = server
+                self._budget.observe_server_remaining(remaining, call=call, reserve=self._reserve)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
             if response.status_code >= 500 or response.status_code in (408, 429):
                 self._slots.struggled()
