@@ -256,13 +256,18 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> int:
     from worker.redrive import RedriveFilter, RedriveStats, redrive
 
     def show(stats: RedriveStats, final: bool = False) -> None:
+        done = "re-published to" if not args.dry_run else "dry run: nothing re-published to"
         print(
             f"redrive {'done' if final else 'progress'}: {stats.read} read, "
-            f"{stats.matched} matched, {stats.published} re-published to "
+            f"{stats.matched} matched, {stats.published} {done} "
             f"{settings.kafka.input_topic}, {stats.unreadable} unreadable",
             file=sys.stderr,
             flush=True,
         )
+        if final and args.reason and not stats.matched and stats.read:
+            seen = ", ".join(f"{r} ({n})" for r, n in stats.reasons.most_common())
+            print(f"redrive: no record has reason {', '.join(args.reason)}; the DLQ holds: "
+                  f"{seen}", file=sys.stderr)  # fmt: skip
 
     selection = RedriveFilter(reasons=args.reason, since=args.since, until=args.until)
     stats = await redrive(
@@ -349,7 +354,7 @@ async def _enrich(settings: Settings, ids: list[str], input_file: Path | None) -
         if held.result() == HOLD_AUTH:
             raise ConfigError(
                 "Cloudflare refused the credentials (401/403): check the token and its "
-                "permission 'Account > Cloud Email Security > Read'; the ids after the "
+                "permission 'Cloud Email Security: Read'; the ids after the "
                 "first refused one were not tried"
             )
         print(

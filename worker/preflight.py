@@ -41,7 +41,7 @@ async def require_topics(settings: KafkaSettings) -> None:
     if missing:
         raise ConfigError(
             f"topics {', '.join(missing)} do not exist on {settings.bootstrap_servers}: create "
-            "them (e.g. kafka-topics.sh --create) or fix ENRICH_KAFKA__INPUT_TOPIC / "
+            "them (enrich-worker create-topics) or fix ENRICH_KAFKA__INPUT_TOPIC / "
             "OUTPUT_TOPIC / DLQ_TOPIC"
         )
 

@@ -13,8 +13,9 @@ import base64
 import binascii
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -39,6 +40,8 @@ class RedriveStats:
     matched: int = 0
     published: int = 0
     unreadable: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Every reason read, matched or not (to say which exist when none matched)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ async def redrive(
                     if payload is None:
                         stats.unreadable += 1
                         continue
+                    stats.reasons[str(payload.get("reason"))] += 1
                     if not selection.matches(payload) or (
                         limit is not None and stats.matched >= limit
                     ):

@@ -59,6 +59,17 @@ class KafkaSettings(_Section):
     transactional_id: str | None = None
 
 
+def _secret_problem(secret: str) -> str | None:
+    """Why a token or key cannot be sent, or None."""
+    if not secret.strip():
+        return "is empty"
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in secret):
+        # It goes into an HTTP header: httpx could not send it, and every call would fail
+        # inside the worker instead of at start.
+        return "contains whitespace, control or non-ASCII characters"
+    return None
+
+
 class CloudflareSettings(_Section):
     """The detections API: address, account, credentials, timeouts, budget."""
 
@@ -96,10 +107,16 @@ class CloudflareSettings(_Section):
         for name in ("api_token", "auth_key"):
             path = data.get(f"{name}_file")
             if path:
+                if data.get(name):
+                    raise ValueError(f"set {name} or {name}_file, not both")
                 try:
-                    data[name] = Path(path).read_text(encoding="utf-8").strip()
+                    secret = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ValueError(f"cannot read {name}_file {path}: {exc.strerror}") from None
+                problem = _secret_problem(secret)
+                if problem:  # named here: the field's own error would name {name}
+                    raise ValueError(f"{name}_file {path}: the secret {problem}")
+                data[name] = secret
         return data
 
     @field_validator("account_id")
@@ -112,14 +129,9 @@ class CloudflareSettings(_Section):
     @field_validator("api_token", "auth_key")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            secret = value.get_secret_value()
-            if not secret.strip():
-                raise ValueError("is empty (an empty token file?)")
-            if any(c.isspace() or not c.isprintable() or not c.isascii() for c in secret):
-                # It goes into an HTTP header: httpx could not send it, and every call
-                # would fail inside the worker instead of at start.
-                raise ValueError("contains whitespace, control or non-ASCII characters")
+        problem = None if value is None else _secret_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("auth_email")

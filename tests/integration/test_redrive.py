@@ -31,6 +31,7 @@ async def test_redrive_not_found_after_the_cause_is_fixed(
 
     dry = await redrive(settings, RedriveFilter(reasons=["not_found"]), dry_run=True)
     assert (dry.read, dry.matched, dry.published) == (11, 10, 0)
+    assert dry.reasons == {"not_found": 10, "empty": 1}  # what a reason that matches none lists
 
     # The ids exist now (e.g. Cloudflare had not indexed them yet): redrive only those.
     api.sim.config = dataclasses.replace(api.sim.config, catalog_size=30)

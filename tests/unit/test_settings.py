@@ -253,6 +253,21 @@ def test_a_token_that_cannot_be_an_http_header_stops_at_start(tmp_path: Path, se
     assert secret not in text
 
 
+def test_a_bad_token_file_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("two words\n", encoding="utf-8")
+    text = config_error(cloudflare={"api_token_file": str(path)})
+    assert f"api_token_file {path}" in text
+    assert "whitespace" in text
+
+
+def test_a_token_and_a_token_file_together_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "token", TOKEN)
+    text = config_error(cloudflare={"api_token_file": str(path), "api_token": "other" * 8})
+    assert "api_token or api_token_file, not both" in text
+    assert_no_token(text)
+
+
 def test_a_legacy_email_that_cannot_be_an_http_header_stops_at_start() -> None:
     text = config_error(cloudflare={"auth_email": "søc@example.com", "auth_key": "k" * 37})
     assert "auth_email" in text
