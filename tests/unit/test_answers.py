@@ -359,6 +359,20 @@ async def test_429_blocks_the_shared_budget(
     assert clock.now == blocked
 
 
+async def test_the_ratelimit_figure_of_a_429_is_not_taken_for_a_count(
+    clock: Any, metrics: Metrics
+) -> None:
+    """A blocked account answers r=0: not 9 calls of another tool to hold after the block."""
+    budget = Budget(calls=10, window_s=60, clock=clock, sleep=clock.sleep)
+    blocked = {"retry-after": "5", "ratelimit": '"default";r=0;t=5'}
+    with pytest.raises(RateLimitedError):
+        await call(
+            lambda _: httpx.Response(429, headers=blocked, content=body(971)), budget, metrics
+        )
+    clock.now = 5.0  # the block is over
+    assert budget.remaining() == 9  # only the refused call itself is counted
+
+
 async def test_errors_about_one_message_do_not_block_the_budget(
     clock: Any, metrics: Metrics
 ) -> None:

@@ -159,7 +159,8 @@ class DetectionsClient:
                 self._metrics.api_in_flight.dec()
             self._metrics.api_latency.observe(time.perf_counter() - started)
             server = parse_ratelimit(response.headers.get("ratelimit"))
-            if server is not None:
+            # A 429's figure says the account is blocked, not how many calls it counted.
+            if server is not None and response.status_code != 429:
                 remaining, _ = server
                 self._budget.observe_server_remaining(remaining, call=call, reserve=self._reserve)
             self._metrics.api_requests.labels(status=str(response.status_code)).inc()
