@@ -22,8 +22,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class Reservation(NamedTuple):
     """One call let through: when, after how long a wait, its place in the order of sends,
-    and how many of our calls were in the window with it (the calls the server will have
-    counted when it reports on this one)."""
+    and how many of our calls the server will have counted when it reports on this one
+    (those in the window with it, sent since the last block)."""
 
     sent_at: float
     waited: float

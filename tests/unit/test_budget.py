@@ -287,7 +287,6 @@ async def test_a_settled_call_counts_from_its_answer(clock: Any) -> None:
     assert (call.sent_at, call.waited) == (0, 0)
     clock.now = 5.0  # the answer took 5 s
     budget.settle(call)
-    assert (
-        await budget.reserve()
-    ).waited == 60  # free at 65 (answer + window), not at 60 (send + window)
+    waited = (await budget.reserve()).waited
+    assert waited == 60  # free at 65 (answer + window), not at 60 (send + window)
     assert clock.now == 65

@@ -1,11 +1,11 @@
 """The budget against the simulator's rate limiter, in virtual time.
 
 Many concurrent callers share one ``Budget``; each call is counted by the simulator's
-``RateLimiter`` (the server) somewhere between its send and its answer, and the answer's
-``Ratelimit`` header is fed back as the client does. Virtual time makes minutes of calls
-run in a fraction of a second and repeat exactly (seeded latencies). Checked: the server
-never refuses a call (we never trip the lockout), alone or beside another tool of the same
-user, and alone the budget is used to within the answer latency.
+``RateLimiter`` (the server) as it arrives, its answer is read a little later, and the
+answer's ``Ratelimit`` header is fed back as the client does. Virtual time makes minutes of
+calls run in a fraction of a second and repeat exactly (seeded latencies). Checked: the
+server never refuses a call (we never trip the lockout), alone or beside another tool of
+the same user, and alone the headers never make a call wait longer than without them.
 """
 
 from __future__ import annotations
