@@ -136,12 +136,24 @@ def test_not_found(status: int, codes: tuple[int, ...]) -> None:
     assert not error.retriable
 
 
-@pytest.mark.parametrize("content", [b"<html>Not Found</html>", b"", b'{"error": "no"}'])
-def test_404_without_cloudflare_envelope_is_retried_not_a_verdict_on_the_id(
-    content: bytes,
+@pytest.mark.parametrize(
+    ("status", "content"),
+    [
+        (404, b"<html>Not Found</html>"),
+        (404, b""),
+        (404, b'{"error": "no"}'),
+        (400, b"<html>Bad Request</html>"),
+        (200, b"<html>Welcome</html>"),
+        (200, b'{"ok": true}'),  # another JSON service behind a wrong base_url
+        (200, orjson.dumps([{"success": True}])),
+    ],
+)
+def test_an_answer_without_cloudflare_envelope_is_retried_not_a_verdict_on_the_id(
+    status: int, content: bytes
 ) -> None:
-    """A wrong base_url or a proxy answers 404 for every id: not a reason to DLQ them."""
-    error = raises(TransientApiError, 404, content)
+    """A wrong base_url or a proxy answers the same for every id: not a reason to DLQ them
+    (a 200 with another service's JSON sent every message to the DLQ as api_rejected)."""
+    error = raises(TransientApiError, status, content)
     assert error.retriable
     assert "cloudflare.base_url" in error.detail
 
@@ -273,7 +285,6 @@ def test_200_that_is_not_json_is_transient(content: bytes) -> None:
         ok(None),
         ok("result"),
         orjson.dumps({"success": True, "errors": [], "messages": []}),
-        orjson.dumps([{"success": True}]),
         ok({"headers": ["From: a@example.com"]}),
         ok({"headers": [{"name": 1, "value": "x"}]}),
         ok({"headers": {"name": "From", "value": "x"}}),

@@ -63,18 +63,6 @@ def parse_answer(
         )
     if status in (401, 403) or codes & AUTH_CODES:
         raise AuthError(detail, status=status, codes=code_list)
-    if status == 404 and not _is_envelope(doc):
-        # Cloudflare's API answers every error in its JSON envelope; a bare 404 (an HTML
-        # page, an empty body) comes from something else on the way: a wrong base_url or
-        # a proxy. It says nothing about the id, so it is retried (and, on every call,
-        # held as API unavailable) instead of sending each message to the DLQ.
-        raise TransientApiError(
-            "HTTP 404 without Cloudflare's error body: not the API answering "
-            "(check cloudflare.base_url)",
-            status=status,
-        )
-    if status == 404 or codes & NOT_FOUND_CODES:
-        raise NotFoundError(detail, status=status, codes=code_list)
     should_retry = (headers.get("x-should-retry") or "").lower()
     if status in (408, 409) or status >= 500 or (status >= 400 and should_retry == "true"):
         raise TransientApiError(
@@ -83,12 +71,22 @@ def parse_answer(
             codes=code_list,
             retry_after_s=parse_retry_after(headers.get("retry-after")),
         )
+    if not _is_envelope(doc):
+        # Cloudflare's API answers in its JSON envelope; anything else (an HTML page, an
+        # empty or cut body, another service's JSON) comes from something on the way: a
+        # wrong base_url, a proxy. It says nothing about the id, so it is retried (and,
+        # on every call, held as API unavailable) instead of sending each message to the
+        # DLQ.
+        raise TransientApiError(
+            f"HTTP {status} without Cloudflare's JSON envelope: not the API answering "
+            "(check cloudflare.base_url)",
+            status=status,
+        )
+    if status == 404 or codes & NOT_FOUND_CODES:
+        raise NotFoundError(detail, status=status, codes=code_list)
     if status >= 400:
         raise ApiRejectedError(detail, status=status, codes=code_list)
-    if doc is None:
-        # A 200 whose body is not JSON is most likely a truncated or proxied answer.
-        raise TransientApiError(f"HTTP {status} body is not JSON", status=status)
-    if status != 200 or not isinstance(doc, dict):
+    if status != 200:
         raise InvalidResponseError(f"HTTP {status} with an unexpected body", status=status)
     raise ApiRejectedError(detail, status=status, codes=code_list)  # success is not true
 
