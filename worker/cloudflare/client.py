@@ -184,8 +184,8 @@ class DetectionsClient:
                 # Our token works for our account but not this message's: its fault alone.
                 return AccountForbiddenError(exc.detail, status=exc.status, codes=exc.codes)
             self.refused.set()
-            # No call can succeed: hold all of them, so that a bad token costs one probe
-            # per interval, not the whole budget.
+            # No call can succeed: hold all of them, so that a bad token costs a round of
+            # probes (at most max_in_flight) per interval, not the whole budget.
             self._hold("Cloudflare refused the credentials; holding every message until "
                        "they work (fix the token or its permission 'Cloud Email Security: "
                        "Read')", exc)  # fmt: skip
